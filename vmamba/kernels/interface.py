@@ -1,0 +1,251 @@
+"""Public selective scan: input validation, the ``vmamba::selective_scan`` custom op, its autograd and dispatch.
+
+CUDA tensors run the Triton kernels (``vmamba/kernels/triton``); every other device runs the chunked PyTorch
+reference (``vmamba/kernels/reference.py``). ``VMAMBA_SCAN_BACKEND=reference`` forces the reference on CUDA too
+(same math, slower). The op is registered with ``torch.library`` (fake implementation + autograd), so
+``torch.compile(fullgraph=True)`` traces through models that use it.
+"""
+from __future__ import annotations
+
+import os
+from typing import List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor
+
+from .reference import normalize_reverse, selective_scan_ref
+
+__all__ = ['selective_scan', 'scan_backend']
+
+_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+def scan_backend(device: torch.device) -> str:
+    """The implementation that runs for tensors on ``device``: ``'triton'`` or ``'reference'``."""
+    forced = os.environ.get('VMAMBA_SCAN_BACKEND', '').strip().lower()
+    if forced not in ('', 'triton', 'reference'):
+        raise ValueError(f"VMAMBA_SCAN_BACKEND must be 'triton' or 'reference', got {forced!r}")
+    if forced == 'reference':
+        return 'reference'
+    if device.type == 'cuda':
+        return 'triton'
+    if forced == 'triton':
+        raise RuntimeError(f'VMAMBA_SCAN_BACKEND=triton needs CUDA tensors, got tensors on {device}')
+    return 'reference'
+
+
+def _empty_like_absent(ref: Tensor) -> Tensor:
+    return ref.new_empty((0,))
+
+
+def _present(t: Optional[Tensor]) -> Optional[Tensor]:
+    return t if t is not None and t.numel() > 0 else None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Custom ops: forward and backward. Optional inputs travel as Optional[Tensor]; absent gradients as empty tensors.
+
+@torch.library.custom_op('vmamba::selective_scan', mutates_args=())
+def _selective_scan_op(
+        u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
+        D: Optional[Tensor], z: Optional[Tensor], delta_bias: Optional[Tensor],
+        delta_softplus: bool, reverse: List[bool], local_window: int, out_dtype: torch.dtype,
+) -> Tuple[Tensor, Tensor]:
+    if scan_backend(u.device) == 'triton':
+        from .triton.selective_scan import selective_scan_fwd
+        return selective_scan_fwd(
+            u, delta, A.float(), B, C,
+            None if D is None else D.float(), z, None if delta_bias is None else delta_bias.float(),
+            delta_softplus, tuple(reverse), local_window, out_dtype)
+    with torch.autocast(u.device.type, enabled=False), torch.no_grad():
+        return selective_scan_ref(
+            u, delta, A, B, C, D, z, delta_bias, delta_softplus, tuple(reverse), local_window,
+            return_last_state=True, out_dtype=out_dtype)
+
+
+@_selective_scan_op.register_fake
+def _selective_scan_fake(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, local_window, out_dtype):
+    state_dtype = torch.promote_types(u.dtype, torch.float32)
+    out = u.new_empty(u.shape, dtype=out_dtype)
+    last = u.new_empty((u.shape[0], u.shape[1], A.shape[1]), dtype=state_dtype)
+    return out, last
+
+
+@torch.library.custom_op('vmamba::selective_scan_backward', mutates_args=())
+def _selective_scan_backward_op(
+        grad_out: Tensor, grad_last_state: Optional[Tensor],
+        u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
+        D: Optional[Tensor], z: Optional[Tensor], delta_bias: Optional[Tensor],
+        delta_softplus: bool, reverse: List[bool], local_window: int,
+) -> List[Tensor]:
+    """Triton backward. Returns [du, ddelta, dA, dB, dC, dD, dz, ddelta_bias]; an absent input gets an empty tensor."""
+    from .triton.selective_scan import selective_scan_bwd
+    grads = selective_scan_bwd(
+        grad_out, grad_last_state, u, delta, A.float(), B, C,
+        None if D is None else D.float(), z, None if delta_bias is None else delta_bias.float(),
+        delta_softplus, tuple(reverse), local_window)
+    originals = (u, delta, A, B, C, D, z, delta_bias)
+    return [_empty_like_absent(u) if g is None else g.to(x.dtype) for g, x in zip(grads, originals)]
+
+
+@_selective_scan_backward_op.register_fake
+def _selective_scan_backward_fake(grad_out, grad_last_state, u, delta, A, B, C, D, z, delta_bias,
+                                  delta_softplus, reverse, local_window):
+    return [torch.empty_like(t) if t is not None else u.new_empty((0,)) for t in (u, delta, A, B, C, D, z, delta_bias)]
+
+
+def _reference_backward(grad_out, grad_last_state, tensors, delta_softplus, reverse, local_window):
+    """Gradients of the reference by recomputation under autograd (runs at the autograd level, not in an op)."""
+    inputs = [t.detach().requires_grad_(True) if t is not None else None for t in tensors]
+    u = inputs[0]
+    with torch.enable_grad(), torch.autocast(u.device.type, enabled=False):
+        out, last = selective_scan_ref(
+            *inputs[:5], D=inputs[5], z=inputs[6], delta_bias=inputs[7], delta_softplus=delta_softplus,
+            reverse=tuple(reverse), local_window=local_window, return_last_state=True, out_dtype=grad_out.dtype)
+        outputs, grad_outputs = [out], [grad_out]
+        if grad_last_state is not None:
+            outputs.append(last)
+            grad_outputs.append(grad_last_state.to(last.dtype))
+        present = [t for t in inputs if t is not None]
+        grads = iter(torch.autograd.grad(outputs, present, grad_outputs, allow_unused=True))
+    result = []
+    for t in inputs:
+        g = next(grads) if t is not None else None
+        result.append(None if t is None else (torch.zeros_like(t) if g is None else g))
+    return result
+
+
+def _setup_context(ctx, inputs, output):
+    u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, local_window, out_dtype = inputs
+    ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias)
+    ctx.delta_softplus = delta_softplus
+    ctx.reverse = reverse
+    ctx.local_window = local_window
+
+
+def _backward(ctx, grad_out, grad_last_state):
+    u, delta, A, B, C, D, z, delta_bias = ctx.saved_tensors
+    if scan_backend(u.device) == 'triton':
+        grads = torch.ops.vmamba.selective_scan_backward(
+            grad_out.contiguous(), None if grad_last_state is None else grad_last_state.contiguous(),
+            u, delta, A, B, C, D, z, delta_bias, ctx.delta_softplus, ctx.reverse, ctx.local_window)
+    else:
+        grads = _reference_backward(grad_out, grad_last_state, (u, delta, A, B, C, D, z, delta_bias),
+                                    ctx.delta_softplus, ctx.reverse, ctx.local_window)
+    du, ddelta, dA, dB, dC, dD, dz, ddelta_bias = grads
+    return (du, ddelta, dA, dB, dC,
+            dD if D is not None else None, dz if z is not None else None,
+            ddelta_bias if delta_bias is not None else None,
+            None, None, None, None)
+
+
+_selective_scan_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Validation and the public function
+
+def _check_tensor(name: str, t: Tensor, ndim: int, device: torch.device) -> None:
+    if not isinstance(t, Tensor):
+        raise TypeError(f'selective_scan: {name} must be a torch.Tensor, got {type(t).__name__}')
+    if t.dim() != ndim:
+        raise ValueError(f'selective_scan: {name} must have {ndim} dims, got shape {tuple(t.shape)}')
+    if t.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f'selective_scan: {name} must be a floating tensor (fp32/fp16/bf16/fp64), got {t.dtype}')
+    if t.device != device:
+        raise ValueError(f'selective_scan: {name} is on {t.device} but u is on {device}; put all inputs on one device')
+
+
+def _validate(u, delta, A, B, C, D, z, delta_bias, local_window) -> None:
+    device = u.device if isinstance(u, Tensor) else None
+    _check_tensor('u', u, 3, device)
+    batch, channels, length = u.shape
+    _check_tensor('delta', delta, 3, device)
+    _check_tensor('A', A, 2, device)
+    _check_tensor('B', B, 4, device)
+    _check_tensor('C', C, 4, device)
+    if delta.shape != u.shape:
+        raise ValueError(f'selective_scan: delta shape {tuple(delta.shape)} != u shape {tuple(u.shape)} (batch, channels, L)')
+    if A.shape[0] != channels:
+        raise ValueError(f'selective_scan: A must be (channels={channels}, N), got {tuple(A.shape)}')
+    num_states = A.shape[1]
+    if A.is_complex():
+        raise TypeError('selective_scan: complex A is not supported')
+    groups = B.shape[1]
+    for name, t in (('B', B), ('C', C)):
+        if t.shape[0] != batch or t.shape[2] != num_states or t.shape[3] != length:
+            raise ValueError(
+                f'selective_scan: {name} must be (batch={batch}, G, N={num_states}, L={length}), got {tuple(t.shape)}')
+    if C.shape[1] != groups:
+        raise ValueError(f'selective_scan: B has {groups} groups but C has {C.shape[1]}')
+    if groups < 1 or channels % groups != 0:
+        raise ValueError(f'selective_scan: channels ({channels}) must be divisible by the number of B/C groups ({groups})')
+    for name, t in (('delta', delta), ('B', B), ('C', C)):
+        if t.dtype != u.dtype:
+            raise TypeError(f'selective_scan: {name} has dtype {t.dtype} but u has {u.dtype}; '
+                            f'u, delta, B, C (and z) must share one dtype')
+    if z is not None:
+        _check_tensor('z', z, 3, device)
+        if z.shape != u.shape:
+            raise ValueError(f'selective_scan: z shape {tuple(z.shape)} != u shape {tuple(u.shape)}')
+        if z.dtype != u.dtype:
+            raise TypeError(f'selective_scan: z has dtype {z.dtype} but u has {u.dtype}')
+    for name, t in (('D', D), ('delta_bias', delta_bias)):
+        if t is not None:
+            _check_tensor(name, t, 1, device)
+            if t.shape[0] != channels:
+                raise ValueError(f'selective_scan: {name} must be (channels={channels},), got {tuple(t.shape)}')
+    if local_window is not None and (not isinstance(local_window, int) or isinstance(local_window, bool)
+                                     or local_window < 1):
+        raise ValueError(f'selective_scan: local_window must be None or an int >= 1, got {local_window!r}')
+
+
+def selective_scan(
+        u: Tensor,
+        delta: Tensor,
+        A: Tensor,
+        B: Tensor,
+        C: Tensor,
+        D: Optional[Tensor] = None,
+        z: Optional[Tensor] = None,
+        delta_bias: Optional[Tensor] = None,
+        delta_softplus: bool = False,
+        reverse: Union[bool, Sequence[bool]] = False,
+        local_window: Optional[int] = None,
+        return_last_state: bool = False,
+        out_dtype: Optional[torch.dtype] = None,
+):
+    """Selective scan (Mamba-1 S6) shared by every vmamba backbone.
+
+    Math (per batch, channel c in group g = c // (channels // G), state n)::
+
+        dt_t = softplus(delta_t + delta_bias)   if delta_softplus else delta_t + delta_bias
+        h_t  = exp(dt_t A[c, n]) h_{t-1} + dt_t B[g, n, t] u_t
+        y_t  = sum_n C[g, n, t] h_t + D[c] u_t;     out = y * silu(z) if z is given
+
+    Args:
+        u, delta: (batch, channels, L), fp32/fp16/bf16 (one dtype; fp64 runs on the reference only).
+        A: (channels, N) real; computed in fp32.
+        B, C: (batch, G, N, L), same dtype as u; channels must be divisible by G.
+        D, delta_bias: (channels,) or None; computed in fp32.
+        z: (batch, channels, L) or None: gate, out = y * silu(z).
+        delta_softplus: apply softplus to delta + delta_bias.
+        reverse: True to scan from the end (output stays in input order), or a tuple of G bools (per group),
+            e.g. (False, True) runs a forward and a backward direction in one launch.
+        local_window: LBMamba's locally bidirectional scan with windows [kW, (k+1)W) counted in scan order.
+        return_last_state: also return the state after the last scanned step, (batch, channels, N) fp32.
+        out_dtype: dtype of ``out``; default ``u.dtype``. ``torch.float32`` gives VMamba's "oflex" behaviour
+            (low-precision inputs, fp32 output).
+    Returns:
+        out (batch, channels, L), or (out, last_state) if ``return_last_state``.
+    """
+    _validate(u, delta, A, B, C, D, z, delta_bias, local_window)
+    reverse_list = list(normalize_reverse(reverse, B.shape[1]))
+    out, last_state = torch.ops.vmamba.selective_scan(
+        u.contiguous(), delta.contiguous(), A.contiguous(), B.contiguous(), C.contiguous(),
+        None if D is None else D.contiguous(), None if z is None else z.contiguous(),
+        None if delta_bias is None else delta_bias.contiguous(),
+        bool(delta_softplus), reverse_list, int(local_window or 0), out_dtype or u.dtype)
+    if return_last_state:
+        return out, last_state
+    return out
