@@ -15,6 +15,7 @@ The cache lives in ``$VMAMBA_CACHE`` (default ``<torch hub dir>/vmamba``).
 from __future__ import annotations
 
 import argparse
+import collections
 import hashlib
 import logging
 import os
@@ -33,22 +34,22 @@ _logger = logging.getLogger(__name__)
 _CACHE_FORMAT = 1
 
 
-class _ConfigStandIn(dict):
-    """Tensor-free stand-in for config objects (yacs ``CfgNode``) pickled into official checkpoints.
+class _ConfigAsOrderedDict:
+    """Stand-in for config objects (yacs ``CfgNode``, a dict subclass) pickled into official checkpoints.
 
-    It is a plain dict subclass with no behaviour, so allowing it cannot execute code; the config is ignored.
+    Unpickling "creates" one by returning a plain ``OrderedDict`` (which torch's weights-only unpickler may fill
+    with items and attributes), so the config is read as inert data and no code of the original class runs.
     """
 
-    def __setstate__(self, state):  # pickled CfgNode state: just keep it as data
-        if isinstance(state, dict):
-            self.__dict__.update(state)
+    def __new__(cls, *args, **kwargs):
+        return collections.OrderedDict()
 
 
 # Objects the official checkpoints are known to pickle besides tensors (Vim: argparse.Namespace in 'args';
 # VMamba: a yacs CfgNode in 'config'). Everything else is refused by torch's weights_only unpickler.
 _SAFE_GLOBALS = [
     argparse.Namespace,
-    (_ConfigStandIn, 'yacs.config.CfgNode'),
+    (_ConfigAsOrderedDict, 'yacs.config.CfgNode'),
 ]
 
 
