@@ -7,10 +7,10 @@ Recurrence, per batch b, channel c (group g = c // (channels // G)) and state n:
     y_t  = sum_n C[b, g, n, t] * h_t[n] + D[c] * u_t
     out  = y * silu(z)                               (if z is given)
 
-Within a chunk of T steps the recurrence is evaluated in closed form: with the inclusive cumulative log-decay
-``s_t = sum_{j<=t} dt_j A``, ``h_t = exp(s_t) h_0 + sum_{j<=t} exp(s_t - s_j) dt_j B_j u_j`` (a masked T x T decay
-matrix per channel and state), and the state is carried from chunk to chunk. Only differences ``s_t - s_j`` with
-``j <= t`` are exponentiated, so nothing overflows for negative ``A``.
+The linear recurrence is evaluated in O(L) work with about 2*sqrt(L) vectorised steps: the sequence is cut into
+chunks of T ~ sqrt(L) steps, one T-step loop scans all chunks at once from a zero state, one loop over the chunks
+carries the state, and ``h = h_local + cumprod(decay) * carry`` fixes every step up. Only products of decays are
+formed (no division or exp of sums), so it is stable for any ``A``.
 
 LBMamba's locally bidirectional scan (``local_window=W``) adds, inside each window ``[kW, (k+1)W)``, the backward
 recursion ``h^R_t = exp(dt_t A) h^R_{t+1} + dt_t B_t u_t`` with the same parameters, and uses
@@ -30,10 +30,6 @@ import torch.nn.functional as F
 
 __all__ = ['selective_scan_ref', 'normalize_reverse']
 
-# Size (in elements) of the per-chunk (batch, channels, N, T, T) decay matrix; sets the chunk length T.
-_DECAY_MATRIX_BUDGET = 1 << 23
-
-
 def normalize_reverse(reverse: Union[bool, Sequence[bool]], num_groups: int) -> Tuple[bool, ...]:
     """Turn ``reverse`` (a bool, or one bool per B/C group) into a tuple of ``num_groups`` bools."""
     if isinstance(reverse, bool):
@@ -46,14 +42,70 @@ def normalize_reverse(reverse: Union[bool, Sequence[bool]], num_groups: int) -> 
     return reverse
 
 
-def _chunk_length(numel_per_step: int, local_window: int) -> int:
-    """Chunk length T so that the (batch*channels*N, T, T) decay matrix stays within the budget."""
-    chunk = int(math.sqrt(_DECAY_MATRIX_BUDGET / max(numel_per_step, 1)))
-    chunk = max(8, min(128, chunk))
-    if local_window:
-        # Chunks must start at window boundaries so that no window straddles two chunks.
-        chunk = max(local_window, (chunk // local_window) * local_window)
-    return chunk
+def _chunk_length(length: int) -> int:
+    """Chunk length T ~ sqrt(L): the scan runs T in-chunk steps plus L/T carry steps, all vectorised."""
+    return max(1, min(64, math.ceil(math.sqrt(length))))
+
+
+def _pad_last(t: torch.Tensor, length: int, value: float) -> torch.Tensor:
+    pad = length - t.shape[-1]
+    return F.pad(t, (0, pad), value=value) if pad else t
+
+
+def _linear_recurrence(decay: torch.Tensor, inputs: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """h_t = decay_t * h_{t-1} + inputs_t along the last dim, h_{-1} = 0, in O(L) work.
+
+    The sequence is cut into chunks of T steps; a T-step loop scans all chunks at once (zero initial state), a
+    second loop over the chunks carries the state, and ``h = h_local + cumprod(decay) * carry_in`` fixes up every
+    step. Only products of decays are formed (no division), so it is stable for any decay.
+
+    Args:
+        decay, inputs: (..., L).
+    Returns:
+        h (..., L) and the final state (...).
+    """
+    length = decay.shape[-1]
+    chunk = _chunk_length(length)
+    num_chunks = -(-length // chunk)
+    padded = num_chunks * chunk
+    # Padding steps have decay 1 and input 0: they keep the state, so the final carry is h_{L-1}.
+    a = _pad_last(decay, padded, 1.0).unflatten(-1, (num_chunks, chunk))
+    x = _pad_last(inputs, padded, 0.0).unflatten(-1, (num_chunks, chunk))
+    local = [x[..., 0]]
+    for t in range(1, chunk):
+        local.append(torch.addcmul(x[..., t], a[..., t], local[-1]))
+    h_local = torch.stack(local, dim=-1)  # (..., num_chunks, T)
+    prefix_decay = torch.cumprod(a, dim=-1)
+    carry = torch.zeros_like(h_local[..., 0, 0])
+    carries = []
+    for k in range(num_chunks):
+        carries.append(carry)
+        carry = torch.addcmul(h_local[..., k, -1], prefix_decay[..., k, -1], carry)
+    carry_in = torch.stack(carries, dim=-1).unsqueeze(-1)  # (..., num_chunks, 1)
+    h = torch.addcmul(h_local, prefix_decay, carry_in).flatten(-2)[..., :length]
+    return h, carry
+
+
+def _local_backward_recurrence(decay: torch.Tensor, inputs: torch.Tensor, window: int) -> torch.Tensor:
+    """LBMamba's in-window backward recursion minus the diagonal: h^R_t - x_t for windows [kW, (k+1)W).
+
+    h^R_t = decay_t * h^R_{t+1} + inputs_t inside each window, h^R = 0 past the window's last step.
+    Args:
+        decay, inputs: (..., L).
+    Returns:
+        (..., L).
+    """
+    length = decay.shape[-1]
+    num_windows = -(-length // window)
+    padded = num_windows * window
+    a = _pad_last(decay, padded, 1.0).unflatten(-1, (num_windows, window))
+    x = _pad_last(inputs, padded, 0.0).unflatten(-1, (num_windows, window))
+    acc = torch.zeros_like(x[..., 0])
+    extra = [acc]  # step W-1 receives nothing from its right inside the window
+    for t in range(window - 1, 0, -1):
+        acc = a[..., t - 1] * (x[..., t] + acc)  # a_{t-1} * h^R_t = h^R_{t-1} - x_{t-1}
+        extra.append(acc)
+    return torch.stack(extra[::-1], dim=-1).flatten(-2)[..., :length]
 
 
 def _scan_forward(
@@ -74,40 +126,12 @@ def _scan_forward(
     Returns:
         y: (batch, channels, L) = sum_n C_t h_t, and the final forward state (batch, channels, N).
     """
-    batch, channels, length = u.shape
-    num_states = A.shape[1]
-    chunk = _chunk_length(batch * channels * num_states, local_window)
-
-    log_decay = dt.unsqueeze(2) * A[None, :, :, None]  # (b, c, n, L)
+    decay = torch.exp(dt.unsqueeze(2) * A[None, :, :, None])  # (b, c, n, L)
     inputs = (dt * u).unsqueeze(2) * B  # (b, c, n, L): dt_t * B_t * u_t
-
-    state = u.new_zeros(batch, channels, num_states)
-    outputs = []
-    positions = torch.arange(chunk, device=u.device)
-    causal = positions[:, None] >= positions[None, :]  # [t, s]: s <= t
-    if local_window:
-        same_window = (positions[:, None] // local_window) == (positions[None, :] // local_window)
-        anti_causal_in_window = same_window & (positions[:, None] < positions[None, :])  # [t, s]: t < s, same window
-    for start in range(0, length, chunk):
-        end = min(start + chunk, length)
-        size = end - start
-        la = log_decay[..., start:end]
-        x = inputs[..., start:end]
-        cum = la.cumsum(-1)  # inclusive: s_t
-        diff = cum.unsqueeze(-1) - cum.unsqueeze(-2)  # [t, s] = s_t - s_s
-        decay = torch.exp(diff.masked_fill(~causal[:size, :size], float('-inf')))
-        h = torch.einsum('bcnts,bcns->bcnt', decay, x) + torch.exp(cum) * state.unsqueeze(-1)
-        if local_window:
-            # h^R_t - x_t = sum_{s > t, same window} exp(s'_s - s'_t) x_s with exclusive cumsum s'.
-            excl = cum - la
-            diff_r = excl.unsqueeze(-2) - excl.unsqueeze(-1)  # [t, s] = s'_s - s'_t
-            decay_r = torch.exp(diff_r.masked_fill(~anti_causal_in_window[:size, :size], float('-inf')))
-            h_total = h + torch.einsum('bcnts,bcns->bcnt', decay_r, x)
-        else:
-            h_total = h
-        outputs.append(torch.einsum('bcnt,bcnt->bct', C[..., start:end], h_total))
-        state = h[..., -1].clone()
-    return torch.cat(outputs, dim=-1), state
+    h, last_state = _linear_recurrence(decay, inputs)
+    if local_window > 1:
+        h = h + _local_backward_recurrence(decay, inputs, local_window)
+    return (C * h).sum(2), last_state
 
 
 def selective_scan_ref(
