@@ -111,12 +111,14 @@ def _inverse_index(index: Tensor, padded_hw: Tuple[int, int]) -> Tensor:
     """(K, L) visiting order -> (M, P): the flat route indices of the M visits of every position."""
     num_positions = padded_hw[0] * padded_hw[1]
     flat = index.reshape(-1)
-    counts = torch.bincount(flat, minlength=num_positions)
-    if counts.min() != counts.max() or counts.min() == 0:
-        raise ValueError('scan pattern must visit every position of the padded map the same number of times '
-                         f'(visits range {counts.min().item()}..{counts.max().item()})')
+    visits = flat.numel() // num_positions
+    if not torch.compiler.is_compiling():  # data-dependent check: eager only (routes are built once per size)
+        counts = torch.bincount(flat, minlength=num_positions)
+        if counts.min() != counts.max() or counts.min() == 0 or flat.numel() != visits * num_positions:
+            raise ValueError('scan pattern must visit every position of the padded map the same number of times '
+                             f'(visits range {counts.min().item()}..{counts.max().item()})')
     order = torch.argsort(flat, stable=True)  # visits grouped by position, in route order
-    return order.view(num_positions, int(counts[0])).t().contiguous()
+    return order.view(num_positions, visits).t().contiguous()
 
 
 def row_major(height: int, width: int) -> Tensor:
