@@ -22,6 +22,7 @@ from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
+from timm.layers import register_notrace_module
 from torch import nn
 
 from vmamba.kernels import selective_scan
@@ -45,6 +46,7 @@ def default_local_window(seq_len: int) -> int:
     return 16
 
 
+@register_notrace_module  # shape-dependent kernel packing; a leaf for torch.fx feature extraction
 class MambaMixer(nn.Module):
     """Mamba-1 mixer on token sequences, with Vim's bidirectional and LBMamba's locally bidirectional scans.
 
@@ -124,6 +126,14 @@ class MambaMixer(nn.Module):
 
         self._dt_init = dict(dt_min=dt_min, dt_max=dt_max, dt_init=dt_init, dt_scale=dt_scale,
                              dt_init_floor=dt_init_floor)
+        self.reset_ssm_parameters()
+
+    def reset_parameters(self) -> None:
+        """Re-initialise every parameter: PyTorch defaults for the projections and convs, then
+        :meth:`reset_ssm_parameters`."""
+        for module in self.children():
+            if isinstance(module, (nn.Linear, nn.Conv1d)):
+                module.reset_parameters()
         self.reset_ssm_parameters()
 
     @property

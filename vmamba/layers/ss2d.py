@@ -1,0 +1,210 @@
+"""SS2D: the 2-D selective-scan token mixer of VMamba.
+
+Data flow for an NCHW input ``x`` of shape (B, C, H, W), with ``D = int(ssm_ratio * C)`` scan channels,
+``N = d_state``, ``R = dt_rank`` and ``K = scan pattern routes``::
+
+    in_proj (1x1, C -> D, or C -> 2D split into x | z when gated)
+    -> depthwise conv d_conv x d_conv -> act
+    -> scan pattern: (B, D, H, W) -> K routes (B, K, D, L)
+    -> per-route x_proj (K, R + 2N, D): dt_low (R), B (N), C (N)          (B/C shared by the D channels of a route)
+    -> per-route dt_proj (K, D, R): delta (B, K, D, L)
+    -> selective_scan over K * D channels, groups = routes, reverse = routes.reverse, fp32 output
+    -> pattern merge back to (B, D, H, W) -> out_norm (fp32 LayerNorm) -> [* act(z)] -> out_proj (1x1, D -> C)
+
+The released VMamba v2 models ("v05_noz") are ``gated=False, d_state=1, conv_bias=False``; the v0 ("Vanilla")
+models are ``gated=True, d_state=16, conv_bias=True, fp32_scan_inputs=True``. Route ``k`` owns scan channels
+``k * D:(k + 1) * D`` of ``A_log``, ``D`` and ``dt_bias`` (direction-major, as in the official checkpoints).
+
+Precision (official v05 "oflex"): the scan inputs stay in the activation / autocast dtype, ``A``, ``D`` and the
+delta bias are fp32, the scan returns fp32, the merge and ``out_norm`` run in fp32 and the result is cast back.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Type, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from timm.layers import get_act_layer, register_notrace_module, trunc_normal_
+
+from vmamba.kernels import selective_scan
+from vmamba.scans import ScanPattern, get_scan_pattern
+
+from .norm import LayerNorm2dFp32
+
+__all__ = ['SS2D', 'Linear2d', 'resolve_dt_rank']
+
+
+def resolve_dt_rank(dt_rank: Union[int, str], dim: int) -> int:
+    """``'auto'`` -> ceil(dim / 16) (VMamba uses the *block* dim, not the scan dim); an int is returned as is."""
+    if dt_rank == 'auto':
+        return math.ceil(dim / 16)
+    if isinstance(dt_rank, bool) or not isinstance(dt_rank, int) or dt_rank < 1:
+        raise ValueError(f"dt_rank must be 'auto' or a positive int, got {dt_rank!r}")
+    return dt_rank
+
+
+class Linear2d(nn.Linear):
+    """``nn.Linear`` over the channels of an NCHW map (a 1x1 convolution that stores a 2-D (out, in) weight).
+
+    (B, in_features, H, W) -> (B, out_features, H, W). The 2-D weight matches the official checkpoints.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.weight[:, :, None, None], self.bias)
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """fp32 for half / single precision, fp64 stays fp64."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+@register_notrace_module  # shape-dependent scan routes: a leaf module for torch.fx tracing
+class SS2D(nn.Module):
+    """2-D selective-scan mixer (VMamba SS2D) over K scan routes.
+
+    Args:
+        dim: input / output channels C.
+        d_state: SSM state size N.
+        ssm_ratio: scan channels D = int(ssm_ratio * dim).
+        dt_rank: rank R of the delta projection; ``'auto'`` = ceil(dim / 16).
+        d_conv: depthwise conv kernel size (odd, >= 3).
+        conv_bias: bias in the depthwise conv (v0: True, v2: False).
+        gated: in_proj also produces a gate z; the output is ``out_norm(y) * act(z)`` (v0 / "v05"), else
+            ``out_norm(y)`` ("_noz").
+        scan: a scan pattern name for :func:`vmamba.scans.get_scan_pattern` or a :class:`ScanPattern`.
+            The released weights use ``'cross'`` (4 routes).
+        act_layer: activation after the depthwise conv (and on z when gated).
+        fp32_scan_inputs: cast the scan inputs to fp32 under autocast (official v0 behaviour); otherwise they stay
+            in the autocast dtype (official v05).
+        proj_drop: dropout after out_proj.
+        dt_min, dt_max, dt_init_floor: range of the initial softplus(dt_bias).
+        norm_eps: eps of out_norm.
+    """
+
+    def __init__(
+            self,
+            dim: int,
+            d_state: int = 1,
+            ssm_ratio: float = 2.0,
+            dt_rank: Union[int, str] = 'auto',
+            d_conv: int = 3,
+            conv_bias: bool = False,
+            gated: bool = False,
+            scan: Union[str, ScanPattern] = 'cross',
+            act_layer: Union[str, Type[nn.Module]] = nn.SiLU,
+            fp32_scan_inputs: bool = False,
+            proj_drop: float = 0.,
+            dt_min: float = 0.001,
+            dt_max: float = 0.1,
+            dt_init_floor: float = 1e-4,
+            norm_eps: float = 1e-5,
+            device=None,
+            dtype=None,
+    ):
+        dd = {'device': device, 'dtype': dtype}
+        super().__init__()
+        if d_state < 1:
+            raise ValueError(f'd_state must be >= 1, got {d_state}')
+        if d_conv < 3 or d_conv % 2 == 0:
+            raise ValueError(f'd_conv must be an odd kernel size >= 3, got {d_conv}')
+        if not isinstance(scan, (str, ScanPattern)):
+            raise TypeError(f'scan must be a pattern name or a vmamba.scans.ScanPattern, got {type(scan).__name__}')
+        self.scan_pattern = get_scan_pattern(scan)
+        self.dim = dim
+        self.d_inner = int(ssm_ratio * dim)
+        if self.d_inner < 1:
+            raise ValueError(f'ssm_ratio={ssm_ratio} gives {self.d_inner} scan channels for dim={dim}')
+        self.d_state = d_state
+        self.dt_rank = resolve_dt_rank(dt_rank, dim)
+        self.num_routes = self.scan_pattern.num_routes
+        self.gated = gated
+        self.fp32_scan_inputs = fp32_scan_inputs
+        self.dt_min, self.dt_max, self.dt_init_floor = dt_min, dt_max, dt_init_floor
+        act_layer = get_act_layer(act_layer)
+
+        K, D, N, R = self.num_routes, self.d_inner, self.d_state, self.dt_rank
+        self.in_proj = Linear2d(dim, 2 * D if gated else D, bias=False, **dd)
+        self.conv = nn.Conv2d(D, D, d_conv, padding=(d_conv - 1) // 2, groups=D, bias=conv_bias, **dd)
+        self.act = act_layer()
+        # Per-route projections of the scanned sequence to [dt_low (R), B (N), C (N)] and of dt_low to D deltas.
+        self.x_proj_weight = nn.Parameter(torch.empty(K, R + 2 * N, D, **dd))
+        self.dt_proj_weight = nn.Parameter(torch.empty(K, D, R, **dd))
+        self.dt_bias = nn.Parameter(torch.empty(K, D, **dd))
+        # Direction-major scan channels: row k * D + d belongs to route k.
+        self.A_log = nn.Parameter(torch.empty(K * D, N, **dd))
+        self.D = nn.Parameter(torch.empty(K * D, **dd))
+        self.out_norm = LayerNorm2dFp32(D, eps=norm_eps, **dd)
+        self.out_proj = Linear2d(D, dim, bias=False, **dd)
+        self.proj_drop = nn.Dropout(proj_drop) if proj_drop > 0 else nn.Identity()
+        self.init_weights()
+
+    def extra_repr(self) -> str:
+        return (f'dim={self.dim}, d_inner={self.d_inner}, d_state={self.d_state}, dt_rank={self.dt_rank}, '
+                f'routes={self.num_routes}, gated={self.gated}')
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """Official VMamba init ("v0"); safe on the meta device and after ``to_empty``."""
+        K, D, N, R = self.num_routes, self.d_inner, self.d_state, self.dt_rank
+        trunc_normal_(self.in_proj.weight, std=.02)
+        trunc_normal_(self.out_proj.weight, std=.02)
+        self.conv.reset_parameters()
+        self.out_norm.reset_parameters()
+        # x_proj: PyTorch's default Linear(D, R + 2N) init, independently per route.
+        bound = D ** -0.5
+        nn.init.uniform_(self.x_proj_weight, -bound, bound)
+        nn.init.uniform_(self.dt_proj_weight, -R ** -0.5, R ** -0.5)
+        # dt_bias = softplus^-1(dt) with dt log-uniform in [dt_min, dt_max], so softplus(dt_bias) starts there.
+        device = self.dt_bias.device
+        log_min, log_max = math.log(self.dt_min), math.log(self.dt_max)
+        dt = torch.exp(torch.rand(K, D, device=device) * (log_max - log_min) + log_min).clamp(min=self.dt_init_floor)
+        self.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+        # A = -exp(A_log) = -(1..N) for every scan channel (S4D-real init).
+        A = torch.arange(1, N + 1, dtype=torch.float32, device=device).expand(K * D, N)
+        self.A_log.copy_(torch.log(A))
+        self.D.fill_(1.0)
+
+    def _scan(self, u: torch.Tensor) -> torch.Tensor:
+        """Selective scan over the routes of ``u`` (B, D, H, W) -> merged (B, D, H, W) in fp32 (fp64 for fp64)."""
+        batch, _, height, width = u.shape
+        xs, routes = self.scan_pattern.scan(u)  # (B, K, D, L)
+        length = xs.shape[-1]
+        K, D, N, R = self.num_routes, self.d_inner, self.d_state, self.dt_rank
+
+        x_dbl = torch.einsum('bkdl,kcd->bkcl', xs, self.x_proj_weight.to(xs.dtype))
+        dt_low, B, C = torch.split(x_dbl, [R, N, N], dim=2)
+        delta = torch.einsum('bkrl,kdr->bkdl', dt_low, self.dt_proj_weight.to(xs.dtype))
+
+        scan_dtype = torch.float32 if self.fp32_scan_inputs and xs.dtype in (torch.float16, torch.bfloat16) \
+            else xs.dtype
+        param_dtype = _compute_dtype(scan_dtype)
+        ys = selective_scan(
+            xs.reshape(batch, K * D, length).to(scan_dtype),
+            delta.reshape(batch, K * D, length).to(scan_dtype),
+            -torch.exp(self.A_log.to(param_dtype)),
+            B.to(scan_dtype).contiguous(),
+            C.to(scan_dtype).contiguous(),
+            D=self.D.to(param_dtype),
+            delta_bias=self.dt_bias.reshape(-1).to(param_dtype),
+            delta_softplus=True,
+            reverse=routes.reverse,
+            local_window=routes.local_window,
+            out_dtype=param_dtype,
+        )
+        return self.scan_pattern.merge(ys.view(batch, K, D, length), routes, height, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, C, H, W)."""
+        if x.ndim != 4 or x.shape[1] != self.dim:
+            raise ValueError(f'SS2D expects an NCHW map with {self.dim} channels, got shape {tuple(x.shape)}')
+        u = self.in_proj(x)
+        z: Optional[torch.Tensor] = None
+        if self.gated:
+            u, z = u.chunk(2, dim=1)
+        u = self.act(self.conv(u))
+        y = self.out_norm(self._scan(u)).to(x.dtype)
+        if z is not None:
+            y = y * self.act(z)
+        return self.proj_drop(self.out_proj(y))

@@ -1,0 +1,697 @@
+"""EfficientVMamba: atrous selective scan (ES2D) backbones for timm.
+
+Paper: `EfficientVMamba: Atrous Selective Scan for Light Weight Visual Mamba` - https://arxiv.org/abs/2403.09977
+Official code and weights: https://github.com/TerryPei/EfficientVMamba (README / Hugging Face: Apache-2.0); this is an
+independent implementation that loads the official ImageNet-1k checkpoints (``checkpoint_filter_fn`` converts
+them; ``vmamba.from_official('efficientvmamba', kwargs, ckpt)`` builds from the official ``EfficientVSSM``
+constructor kwargs).
+
+=============================  ===============================  ====  =========  =======  =====
+ours                           official file (Hugging Face)     dims  depths     params   top-1
+=============================  ===============================  ====  =========  =======  =====
+efficientvmamba_tiny.in1k      ``efficient_vmamba_tiny.ckpt``   48    2, 2, 4, 2  6.49M   76.5
+efficientvmamba_small.in1k     ``efficient_vmamba_small.ckpt``  64    2, 2, 4, 2  11.27M  78.7
+efficientvmamba_base.in1k      ``efficient_vmamba_base.ckpt``   96    2, 2, 9, 2  33.72M  81.8
+=============================  ===============================  ====  =========  =======  =====
+
+(The official ``vssm_efficient_small.yaml`` says ``EMBED_DIM: 96``; the released S was trained with 64.)
+
+Architecture (NCHW throughout): 4x4 patch stem + LayerNorm -> 4 stages (stage i > 0 starts with Swin patch
+merging) -> LayerNorm -> avg pool -> fc. Stages 0-1 ("global" stages) use EVSS blocks::
+
+    xn = norm(x);  x = x + drop_path(se(ES2D(xn)) + se(conv_branch(xn)))     (one SE module, used twice)
+
+where ES2D is the gated SS2D mixer with the ``atrous`` scan (the map is zero-padded to even size after the
+depthwise conv + SiLU and split into its 2x2 phase lattice, one dilated route per phase, d_state 16). Stages 2-3
+("local" stages) use MobileNetV2 inverted residuals with squeeze-excitation. Every LayerNorm has eps 1e-5.
+
+Features (``features_only`` / ``forward_intermediates``) are the stage outputs before the next downsample, the taps
+of the official detection backbone ``Backbone_EfficientVSSM``; build with ``feature_norms=True`` to add its
+per-output LayerNorms (``outnorm{i}``), applied by ``forward_intermediates(norm=True)``.
+"""
+from __future__ import annotations
+
+import re
+import warnings
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Type, Union
+
+import torch
+from torch import nn
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import (
+    ClassifierHead, ConvNormAct, DropPath, LayerNorm2d, SEModule, get_device_dtype, trunc_normal_,
+)
+from timm.models import checkpoint_seq, generate_default_cfgs, register_model
+from timm.models._features import feature_take_indices
+
+from vmamba.layers.ss2d import SS2D, Linear2d
+from vmamba.models.vmamba import PatchMerging, PatchStem
+from vmamba.official import register_official
+from vmamba.pretrained import build_model
+
+__all__ = ['EfficientVMamba', 'checkpoint_filter_fn', 'build_from_official_kwargs']
+
+
+class ChannelAttention(nn.Module):
+    """Squeeze-excitation gate of the EVSS block (official ``BiAttn``), NCHW.
+
+    The gate is computed from the LayerNorm-ed map (normalised per position, then averaged over H, W), but it scales
+    the un-normalised input: ``x * sigmoid(select(act(reduce(mean_hw(norm(x))))))``. (B, C, H, W) -> (B, C, H, W).
+    """
+
+    def __init__(
+            self,
+            dim: int,
+            rd_ratio: float = 0.125,
+            act_layer: Type[nn.Module] = nn.GELU,
+            norm_eps: float = 1e-5,
+            device=None,
+            dtype=None,
+    ):
+        dd = {'device': device, 'dtype': dtype}
+        super().__init__()
+        rd_dim = int(dim * rd_ratio)
+        if rd_dim < 1:
+            raise ValueError(f'ChannelAttention: rd_ratio={rd_ratio} leaves no channels for dim={dim}')
+        self.norm = LayerNorm2d(dim, eps=norm_eps, **dd)
+        self.global_reduce = Linear2d(dim, rd_dim, **dd)
+        self.act = act_layer()
+        self.channel_select = Linear2d(rd_dim, dim, **dd)
+        self.gate = nn.Sigmoid()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate = self.norm(x).mean((2, 3), keepdim=True)
+        gate = self.gate(self.channel_select(self.act(self.global_reduce(gate))))
+        return x * gate
+
+
+class ConvBranch(nn.Module):
+    """Local branch of the EVSS block: depthwise 3x3 -> BatchNorm -> GELU -> 1x1 (both convs with bias).
+
+    (B, C, H, W) -> (B, C, H, W).
+    """
+
+    def __init__(self, dim: int, act_layer: Type[nn.Module] = nn.GELU, device=None, dtype=None):
+        dd = {'device': device, 'dtype': dtype}
+        super().__init__()
+        self.conv_dw = nn.Conv2d(dim, dim, 3, padding=1, groups=dim, **dd)
+        self.norm = nn.BatchNorm2d(dim, **dd)
+        self.act = act_layer()
+        self.conv_pw = nn.Conv2d(dim, dim, 1, **dd)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv_pw(self.act(self.norm(self.conv_dw(x))))
+
+
+class EfficientVSSBlock(nn.Module):
+    """EVSS block: a global ES2D branch and a local conv branch on the same normalised input, each gated by one
+    shared :class:`ChannelAttention`, summed and added to the residual. (B, C, H, W) -> (B, C, H, W).
+
+    ``ssm_kwargs`` go to :class:`~vmamba.layers.ss2d.SS2D` (the EfficientVMamba defaults: gated, d_state 16,
+    conv bias, fp32 scan inputs, ``scan='atrous'``).
+    """
+
+    def __init__(
+            self,
+            dim: int,
+            drop_path: float = 0.,
+            se_ratio: float = 0.125,
+            norm_eps: float = 1e-5,
+            ssm_kwargs: Optional[Dict[str, Any]] = None,
+            device=None,
+            dtype=None,
+    ):
+        dd = {'device': device, 'dtype': dtype}
+        super().__init__()
+        ssm_kwargs = {
+            'd_state': 16, 'ssm_ratio': 2.0, 'dt_rank': 'auto', 'd_conv': 3, 'conv_bias': True, 'gated': True,
+            'scan': 'atrous', 'act_layer': nn.SiLU, 'fp32_scan_inputs': True, **(ssm_kwargs or {}),
+        }
+        self.norm = LayerNorm2d(dim, eps=norm_eps, **dd)
+        self.mixer = SS2D(dim, norm_eps=norm_eps, **ssm_kwargs, **dd)
+        self.conv_branch = ConvBranch(dim, **dd)
+        self.se = ChannelAttention(dim, rd_ratio=se_ratio, norm_eps=norm_eps, **dd)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        normed = self.norm(x)
+        return x + self.drop_path(self.se(self.mixer(normed)) + self.se(self.conv_branch(normed)))
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2 inverted residual with squeeze-excitation (EfficientVMamba stages 2-3), stride 1, width kept.
+
+    1x1 expand (C -> expand_ratio * C) + BN + ReLU -> 3x3 depthwise + BN + ReLU -> SE (reduction to
+    ``int(se_ratio * expand_ratio * C)``, ReLU, sigmoid) -> 1x1 project + BN, then ``x + drop_path(.)``.
+    (B, C, H, W) -> (B, C, H, W).
+    """
+
+    def __init__(
+            self,
+            dim: int,
+            expand_ratio: float = 4.0,
+            se_ratio: float = 0.125,
+            drop_path: float = 0.,
+            act_layer: Type[nn.Module] = nn.ReLU,
+            device=None,
+            dtype=None,
+    ):
+        dd = {'device': device, 'dtype': dtype}
+        super().__init__()
+        mid_dim = int(dim * expand_ratio)
+        self.conv_pw = ConvNormAct(dim, mid_dim, 1, act_layer=act_layer, **dd)
+        self.conv_dw = ConvNormAct(mid_dim, mid_dim, 3, groups=mid_dim, act_layer=act_layer, **dd)
+        self.se = SEModule(mid_dim, rd_channels=int(mid_dim * se_ratio), act_layer=act_layer, **dd)
+        self.conv_pwl = ConvNormAct(mid_dim, dim, 1, apply_act=False, **dd)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.drop_path(self.conv_pwl(self.se(self.conv_dw(self.conv_pw(x)))))
+
+
+class EfficientVMambaStage(nn.Module):
+    """Optional patch-merging downsample (``dim -> dim_out``) followed by ``depth`` blocks of ``block_type``
+    (``'evss'`` or ``'inverted_residual'``). (B, dim, H, W) -> (B, dim_out, H', W')."""
+
+    def __init__(
+            self,
+            dim: int,
+            dim_out: int,
+            depth: int,
+            block_type: str = 'evss',
+            downsample: bool = False,
+            drop_path: Sequence[float] = (),
+            norm_eps: float = 1e-5,
+            block_kwargs: Optional[Dict[str, Any]] = None,
+            device=None,
+            dtype=None,
+    ):
+        dd = {'device': device, 'dtype': dtype}
+        super().__init__()
+        self.grad_checkpointing = False
+        if downsample:
+            self.downsample = PatchMerging(dim, dim_out, norm_eps=norm_eps, **dd)
+        elif dim != dim_out:
+            raise ValueError(f'a stage without downsample keeps its width, got dim={dim}, dim_out={dim_out}')
+        else:
+            self.downsample = nn.Identity()
+        drop_path = list(drop_path) or [0.] * depth
+        if len(drop_path) != depth:
+            raise ValueError(f'expected {depth} drop path rates, got {len(drop_path)}')
+        block_kwargs = block_kwargs or {}
+        if block_type == 'evss':
+            blocks = [EfficientVSSBlock(dim_out, drop_path=p, norm_eps=norm_eps, **block_kwargs, **dd)
+                      for p in drop_path]
+        elif block_type == 'inverted_residual':
+            blocks = [InvertedResidual(dim_out, drop_path=p, **block_kwargs, **dd) for p in drop_path]
+        else:
+            raise ValueError(f"block_type must be 'evss' or 'inverted_residual', got {block_type!r}")
+        self.blocks = nn.Sequential(*blocks)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.downsample(x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            x = checkpoint_seq(self.blocks, x)
+        else:
+            x = self.blocks(x)
+        return x
+
+
+class EfficientVMamba(nn.Module):
+    """EfficientVMamba image classifier / backbone (NCHW).
+
+    Args:
+        in_chans: input image channels.
+        num_classes: classifier classes (0 = no classifier, pooled features out).
+        global_pool: ``'avg'`` (official), ``'max'``, ``'avgmax'``, ... or ``''`` (no pooling).
+        depths: blocks per stage.
+        dims: channels per stage, or an int ``d`` meaning ``(d, 2d, 4d, 8d)``.
+        patch_size: stride of the patch stem.
+        num_ssm_stages: the first ``num_ssm_stages`` stages use EVSS blocks, the others inverted residuals
+            (official: 2).
+        d_state, ssm_ratio, dt_rank: ES2D (atrous SS2D) options; the official models use 16, 2.0, ``'auto'``.
+        se_ratio: reduction ratio of the EVSS block's channel attention.
+        ir_expand_ratio: expansion of the inverted residual blocks.
+        ir_se_ratio: SE reduction ratio of the inverted residuals, relative to the expanded width.
+        feature_norms: add one LayerNorm per stage output (official ``Backbone_EfficientVSSM`` ``outnorm{i}``),
+            applied by ``forward_intermediates(norm=True)`` and by ``features_only`` models.
+        norm_eps: eps of every LayerNorm (official 1e-5).
+        drop_rate: dropout before the classifier.
+        drop_path_rate: stochastic depth, increasing linearly over all blocks from 0 to this value.
+    """
+
+    def __init__(
+            self,
+            in_chans: int = 3,
+            num_classes: int = 1000,
+            global_pool: str = 'avg',
+            depths: Sequence[int] = (2, 2, 4, 2),
+            dims: Union[int, Sequence[int]] = (48, 96, 192, 384),
+            patch_size: int = 4,
+            num_ssm_stages: int = 2,
+            d_state: int = 16,
+            ssm_ratio: float = 2.0,
+            dt_rank: Union[int, str] = 'auto',
+            se_ratio: float = 0.125,
+            ir_expand_ratio: float = 4.0,
+            ir_se_ratio: float = 0.125,
+            feature_norms: bool = False,
+            norm_eps: float = 1e-5,
+            drop_rate: float = 0.,
+            drop_path_rate: float = 0.,
+            device=None,
+            dtype=None,
+    ):
+        dd = {'device': device, 'dtype': dtype}
+        super().__init__()
+        if isinstance(dims, int):
+            dims = [dims * 2 ** i for i in range(len(depths))]
+        dims, depths = list(dims), list(depths)
+        if len(dims) != len(depths) or not depths:
+            raise ValueError(f'dims ({dims}) and depths ({depths}) must have the same, non-zero length')
+        if not 0 <= num_ssm_stages <= len(depths):
+            raise ValueError(f'num_ssm_stages must be in [0, {len(depths)}], got {num_ssm_stages}')
+        self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.drop_rate = drop_rate
+        self.output_fmt = 'NCHW'
+
+        self.stem = PatchStem(in_chans, dims[0], patch_size=patch_size, norm_eps=norm_eps, **dd)
+        evss_kwargs = dict(
+            se_ratio=se_ratio,
+            ssm_kwargs=dict(d_state=d_state, ssm_ratio=ssm_ratio, dt_rank=dt_rank),
+        )
+        ir_kwargs = dict(expand_ratio=ir_expand_ratio, se_ratio=ir_se_ratio)
+        drop_path_rates = torch.linspace(0, drop_path_rate, sum(depths), device='cpu').tolist()
+        self.stages = nn.Sequential()
+        self.feature_info = []
+        reduction = patch_size
+        for i, depth in enumerate(depths):
+            if i > 0:
+                reduction *= 2
+            is_ssm_stage = i < num_ssm_stages
+            self.stages.append(EfficientVMambaStage(
+                dims[max(i - 1, 0)],
+                dims[i],
+                depth,
+                block_type='evss' if is_ssm_stage else 'inverted_residual',
+                downsample=i > 0,
+                drop_path=drop_path_rates[sum(depths[:i]):sum(depths[:i + 1])],
+                norm_eps=norm_eps,
+                block_kwargs=evss_kwargs if is_ssm_stage else ir_kwargs,
+                **dd,
+            ))
+            self.feature_info.append(dict(num_chs=dims[i], reduction=reduction, module=f'stages.{i}'))
+
+        self.num_features = self.head_hidden_size = dims[-1]
+        self.norm = LayerNorm2d(self.num_features, eps=norm_eps, **dd)
+        self.feature_norms = nn.ModuleList([
+            LayerNorm2d(dim, eps=norm_eps, **dd) for dim in dims]) if feature_norms else None
+        self.head = ClassifierHead(
+            self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate, input_fmt='NCHW', **dd)
+        self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """Official init: trunc-normal(0.02) linears (incl. 1x1 ``Linear2d``), default convs / norms, and the SS2D
+        parameter init. Works on the meta device and re-initialises after ``to_empty``."""
+        for module in self.modules():
+            if isinstance(module, SS2D):
+                module.init_weights()
+            elif isinstance(module, nn.Linear):
+                trunc_normal_(module.weight, std=.02)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, (nn.Conv2d, nn.LayerNorm, nn.BatchNorm2d)):
+                module.reset_parameters()
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set:
+        return {'*.A_log', '*.D'}
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
+        return dict(
+            stem=r'^stem',
+            blocks=r'^stages\.(\d+)' if coarse else [
+                (r'^stages\.(\d+)\.downsample', (0,)),
+                (r'^stages\.(\d+)\.blocks\.(\d+)', None),
+                (r'^norm|^feature_norms', (99999,)),
+            ],
+        )
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        for stage in self.stages:
+            stage.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        """New classifier with ``num_classes`` outputs (0 = none); ``global_pool=None`` keeps the current pooling."""
+        dd = get_device_dtype(self)
+        self.num_classes = num_classes
+        self.head.reset(num_classes, pool_type=global_pool, in_features=self.num_features, **dd)
+        self.head_hidden_size = self.head.num_features
+
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: Optional[Union[int, List[int]]] = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = 'NCHW',
+            intermediates_only: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """Stage outputs (before the next downsample) and the final features.
+
+        Args:
+            x: (B, in_chans, H, W) images.
+            indices: stages to return: None = all, int n = last n, or a list of (possibly negative) indices.
+            norm: apply the per-stage ``feature_norms`` (models built with ``feature_norms=True``) to every
+                intermediate; without them, apply the final norm to the last stage's intermediate.
+            stop_early: stop after the last requested stage (the final output is then that stage's output).
+            output_fmt: only ``'NCHW'``.
+            intermediates_only: return only the list of intermediates.
+        Returns:
+            ``[maps]`` or ``(final, [maps])``; maps are (B, C_i, H_i, W_i).
+        """
+        if output_fmt != 'NCHW':
+            raise ValueError(f"EfficientVMamba intermediates are NCHW only, got output_fmt={output_fmt!r}")
+        intermediates = []
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        num_stages = len(self.stages)
+        x = self.stem(x)
+        if torch.jit.is_scripting() or not stop_early:  # no slicing of Sequential when scripting
+            stages = self.stages
+        else:
+            stages = self.stages[:max_index + 1]
+        last_index = 0
+        for i, stage in enumerate(stages):
+            x = stage(x)
+            last_index = i
+            if i in take_indices:
+                if norm and self.feature_norms is not None:
+                    intermediates.append(self.feature_norms[i](x))
+                elif norm and i == num_stages - 1:
+                    intermediates.append(self.norm(x))
+                else:
+                    intermediates.append(x)
+        if intermediates_only:
+            return intermediates
+        if last_index == num_stages - 1:
+            x = self.norm(x)  # the final norm belongs to the last stage only
+        return x, intermediates
+
+    def prune_intermediate_layers(
+            self,
+            indices: Union[int, List[int]] = 1,
+            prune_norm: bool = False,
+            prune_head: bool = True,
+    ) -> List[int]:
+        """Drop the stages (and norms / head) not needed to produce ``indices``; returns the kept indices."""
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        prune_end = max_index < len(self.stages) - 1
+        self.stages = self.stages[:max_index + 1]
+        if prune_norm or prune_end:
+            self.norm = nn.Identity()
+        if self.feature_norms is not None:
+            if prune_norm:
+                self.feature_norms = None
+            else:
+                self.feature_norms = nn.ModuleList([
+                    feature_norm if i in take_indices else nn.Identity()
+                    for i, feature_norm in enumerate(self.feature_norms[:max_index + 1])])
+        if prune_end:
+            self.num_features = self.head_hidden_size = self.feature_info[max_index]['num_chs']
+        if prune_head or prune_end:
+            self.reset_classifier(0, '')
+        return take_indices
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, in_chans, H, W) -> normalised last-stage map (B, num_features, H/32, W/32) (ceil sizes)."""
+        x = self.stem(x)
+        x = self.stages(x)
+        return self.norm(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Pool (+ dropout) and classify; ``pre_logits=True`` returns the pooled (B, head_hidden_size) vector."""
+        return self.head(x, pre_logits=True) if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Official checkpoints -> our names
+#
+# Official layout (classification/models/vmamba_efficient.py): ``layers.{0,1}`` = Sequential(blocks, downsample);
+# ``layers.{2,3}`` = Sequential(Permute, IR_1 .. IR_d, Permute, downsample). The downsample after stage i is the
+# first module of our stage i + 1.
+
+# EVSS block parts, applied to the key remainder after ``layers.i.blocks.j.``.
+_EVSS_RENAMES = (
+    (r'^op\.conv2d\.', 'mixer.conv.'),
+    (r'^op\.dt_projs_weight$', 'mixer.dt_proj_weight'),
+    (r'^op\.dt_projs_bias$', 'mixer.dt_bias'),
+    (r'^op\.A_logs$', 'mixer.A_log'),
+    (r'^op\.Ds$', 'mixer.D'),
+    (r'^op\.', 'mixer.'),
+    (r'^conv_branch\.0\.', 'conv_branch.conv_dw.'),
+    (r'^conv_branch\.1\.', 'conv_branch.norm.'),
+    (r'^conv_branch\.3\.', 'conv_branch.conv_pw.'),
+)
+# Inverted residual parts, applied to the key remainder after ``layers.i.n.``.
+_IR_RENAMES = (
+    (r'^conv_pw\.0\.', 'conv_pw.conv.'),
+    (r'^conv_pw\.1\.', 'conv_pw.bn.'),
+    (r'^conv_dw\.0\.', 'conv_dw.conv.'),
+    (r'^conv_dw\.1\.', 'conv_dw.bn.'),
+    (r'^se\.conv_reduce\.', 'se.fc1.'),
+    (r'^se\.conv_expand\.', 'se.fc2.'),
+    (r'^conv_pw2\.0\.', 'conv_pwl.conv.'),
+    (r'^conv_pw2\.1\.', 'conv_pwl.bn.'),
+)
+_TOP_RENAMES = (
+    (r'^patch_embed\.0\.', 'stem.conv1.'),
+    (r'^patch_embed\.2\.', 'stem.norm1.'),
+    (r'^classifier\.norm\.', 'norm.'),
+    (r'^classifier\.head\.', 'head.fc.'),
+    (r'^outnorm(\d+)\.', r'feature_norms.\1.'),  # official Backbone_EfficientVSSM per-output norms
+)
+
+
+def _unwrap_checkpoint(checkpoint: Mapping[str, Any]) -> Dict[str, torch.Tensor]:
+    """The weights of an official container (``{'state_dict': ...}``, or ``{'model': ...}``) or a state dict."""
+    if not isinstance(checkpoint, Mapping):
+        raise TypeError(f'expected a checkpoint dict, got {type(checkpoint).__name__}')
+    for key in ('state_dict', 'model'):
+        if key in checkpoint and isinstance(checkpoint[key], Mapping):
+            checkpoint = checkpoint[key]
+            break
+    return {k: v for k, v in checkpoint.items() if isinstance(v, torch.Tensor)}
+
+
+def _strip_module_prefix(key: str) -> str:
+    """Remove any number of leading ``module.`` (DDP / double-wrapped official checkpoints: ``module.module.``)."""
+    while key.startswith('module.'):
+        key = key[len('module.'):]
+    return key
+
+
+def _rename(key: str, renames: Sequence[Tuple[str, str]]) -> str:
+    for pattern, repl in renames:
+        key = re.sub(pattern, repl, key)
+    return key
+
+
+def _convert_key(key: str) -> str:
+    """One official key -> ours (keys that match no official pattern are returned unchanged)."""
+    block = re.match(r'^layers\.(\d+)\.blocks\.(\d+)\.(.+)$', key)
+    if block:
+        stage, index, rest = block.groups()
+        return f'stages.{stage}.blocks.{index}.{_rename(rest, _EVSS_RENAMES)}'
+    downsample = re.match(r'^layers\.(\d+)\.downsample\.(.+)$', key)
+    if downsample:
+        stage, rest = downsample.groups()
+        return f'stages.{int(stage) + 1}.downsample.{rest}'
+    numbered = re.match(r'^layers\.(\d+)\.(\d+)\.(.+)$', key)
+    if numbered:  # inverted-residual stage: index 0 is a Permute, IR blocks are 1..d, then Permute, downsample
+        stage, index, rest = numbered.groups()
+        if rest.startswith(('norm.', 'reduction.')):  # the PatchMerging at the end of the stage
+            return f'stages.{int(stage) + 1}.downsample.{rest}'
+        return f'stages.{stage}.blocks.{int(index) - 1}.{_rename(rest, _IR_RENAMES)}'
+    return _rename(key, _TOP_RENAMES)
+
+
+def checkpoint_filter_fn(
+        state_dict: Mapping[str, Any],
+        model: Optional[nn.Module] = None,
+) -> Dict[str, torch.Tensor]:
+    """Convert an official EfficientVMamba checkpoint to our parameter names.
+
+    Accepts the released container (``{'state_dict': OrderedDict}``), a ``{'model': ...}`` container, a bare
+    official state dict (also with ``module.`` / ``module.module.`` prefixes), the official detection backbone's
+    ``outnorm{i}`` norms, and already converted state dicts (returned unchanged). Pure renaming when ``model`` is
+    None. With a ``model`` that has no classifier (``num_classes=0``), the checkpoint's classifier is dropped.
+    """
+    state_dict = {_strip_module_prefix(k): v for k, v in _unwrap_checkpoint(state_dict).items()}
+    if not any(k.startswith(('stem.', 'stages.')) for k in state_dict):
+        state_dict = {_convert_key(k): v for k, v in state_dict.items()}
+    if model is not None and 'head.fc.weight' not in model.state_dict():
+        state_dict = {k: v for k, v in state_dict.items() if not k.startswith('head.fc.')}
+    return state_dict
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Official EfficientVSSM constructor kwargs -> our model
+
+# Defaults of the official EfficientVSSM constructor (classification/models/vmamba_efficient.py).
+_OFFICIAL_DEFAULTS = dict(
+    patch_size=4, in_chans=3, num_classes=1000, depths=[2, 2, 9, 2], dims=[96, 192, 384, 768], d_state=16,
+    dt_rank='auto', ssm_ratio=2.0, attn_drop_rate=0., shared_ssm=False, softmax_version=False, drop_rate=0.,
+    drop_path_rate=0.1, mlp_ratio=4.0, patch_norm=True, norm_layer=nn.LayerNorm, downsample_version='v2',
+    use_checkpoint=False, step_size=2, window_size=2,
+)
+# Kwargs the official class accepts but never uses (it passes d_state / dt_rank to its layers under names they do
+# not read, and swallows the rest in **kwargs): the released models always have d_state 16, dt_rank
+# ceil(dim / 16) and no dropout. Non-default values are reported with a warning and ignored, exactly as the official
+# model ignores them, so that checkpoints trained with such configs still load. (``step_size`` is not in this list:
+# it is ignored at the spec's commit but reaches the scan in other revisions, so only the released 2 is accepted.)
+_OFFICIAL_IGNORED = ('d_state', 'dt_rank', 'attn_drop_rate', 'shared_ssm', 'softmax_version', 'drop_rate',
+                     'window_size')
+
+
+def build_from_official_kwargs(official_kwargs: Mapping[str, Any]) -> EfficientVMamba:
+    """Build :class:`EfficientVMamba` from the kwargs of the official ``EfficientVSSM`` constructor.
+
+    Supported: the released configuration (``mlp_ratio=0``, ``downsample_version='v1'``, ``patch_norm=True``,
+    LayerNorm) with any ``patch_size``, ``in_chans``, ``num_classes``, ``depths``, ``dims``, ``ssm_ratio``,
+    ``drop_path_rate`` and ``use_checkpoint``. Kwargs the official class silently ignores (``d_state``,
+    ``dt_rank``, ``attn_drop_rate``, ``shared_ssm``, ``softmax_version``, ``drop_rate``, ``window_size``) are
+    ignored here too, with a warning when they differ from the value the official model really uses; ``step_size``
+    must be 2. Raises ``ValueError`` naming unknown kwargs or unsupported values.
+    """
+    unknown = sorted(set(official_kwargs) - set(_OFFICIAL_DEFAULTS))
+    if unknown:
+        raise ValueError(f'unknown official EfficientVSSM kwargs: {unknown}; known: {sorted(_OFFICIAL_DEFAULTS)}')
+    kw = {**_OFFICIAL_DEFAULTS, **official_kwargs}
+
+    problems = []
+    if kw['mlp_ratio'] != 0:
+        problems.append(f"mlp_ratio={kw['mlp_ratio']!r} (only 0: the released models have no MLP branch)")
+    if kw['downsample_version'] != 'v1':
+        problems.append(f"downsample_version={kw['downsample_version']!r} (only 'v1' patch merging, as released)")
+    if kw['step_size'] != 2:
+        problems.append(f"step_size={kw['step_size']!r} (only the atrous step 2 of the released models)")
+    if kw['patch_norm'] is not True:
+        problems.append(f"patch_norm={kw['patch_norm']!r} (only True)")
+    norm_layer = kw['norm_layer']
+    if not (norm_layer is nn.LayerNorm or (isinstance(norm_layer, str) and norm_layer.lower() == 'ln')):
+        problems.append(f'norm_layer={norm_layer!r} (only nn.LayerNorm / "ln")')
+    if len(kw['depths']) < 2:
+        problems.append(f"depths={kw['depths']!r} (the official model has 2 EVSS stages, so at least 2 stages)")
+    if not isinstance(kw['dims'], int) and len(kw['dims']) != len(kw['depths']):
+        problems.append(f"dims={kw['dims']!r} (one width per stage of depths={kw['depths']!r})")
+    if problems:
+        raise ValueError('unsupported official EfficientVSSM kwargs: ' + '; '.join(problems))
+
+    ignored = [f'{name}={kw[name]!r}' for name in _OFFICIAL_IGNORED if kw[name] != _OFFICIAL_DEFAULTS[name]]
+    if ignored:
+        warnings.warn(
+            f'official EfficientVSSM ignores {", ".join(ignored)} (it always builds d_state=16, dt_rank=ceil(dim/16), '
+            f'no dropout); the model is built the same way', UserWarning, stacklevel=2)
+
+    model = EfficientVMamba(
+        in_chans=kw['in_chans'],
+        num_classes=kw['num_classes'],
+        depths=list(kw['depths']),
+        dims=kw['dims'] if isinstance(kw['dims'], int) else list(kw['dims']),
+        patch_size=kw['patch_size'],
+        num_ssm_stages=2,
+        ssm_ratio=kw['ssm_ratio'],
+        drop_path_rate=kw['drop_path_rate'],
+    )
+    if kw['use_checkpoint']:
+        model.set_grad_checkpointing(True)
+    return model
+
+
+register_official('efficientvmamba', build_from_official_kwargs, checkpoint_filter_fn)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Pretrained configs and entrypoints
+
+def _cfg(**kwargs) -> Dict[str, Any]:
+    return {
+        'num_classes': 1000,
+        'input_size': (3, 224, 224),
+        'pool_size': (7, 7),
+        'crop_pct': 0.875,
+        'interpolation': 'bicubic',
+        'mean': IMAGENET_DEFAULT_MEAN,
+        'std': IMAGENET_DEFAULT_STD,
+        'first_conv': 'stem.conv1',
+        'classifier': 'head.fc',
+        'license': 'apache-2.0',
+        'paper_ids': 'arXiv:2403.09977',
+        'paper_name': 'EfficientVMamba: Atrous Selective Scan for Light Weight Visual Mamba',
+        'origin_url': 'https://github.com/TerryPei/EfficientVMamba',
+        **kwargs,
+    }
+
+
+default_cfgs = generate_default_cfgs({
+    'efficientvmamba_tiny.in1k': _cfg(
+        hf_hub_id='TerryPei/EfficientVMamba-Tiny', hf_hub_filename='efficient_vmamba_tiny.ckpt'),
+    'efficientvmamba_small.in1k': _cfg(
+        hf_hub_id='TerryPei/EfficientVMamba-Small', hf_hub_filename='efficient_vmamba_small.ckpt'),
+    'efficientvmamba_base.in1k': _cfg(
+        hf_hub_id='TerryPei/EfficientVMamba-Base', hf_hub_filename='efficient_vmamba_base.ckpt'),
+    'test_efficientvmamba': _cfg(input_size=(3, 64, 64), pool_size=(2, 2), license=None),
+})
+
+
+def _create_efficientvmamba(variant: str, pretrained: bool = False, **kwargs) -> EfficientVMamba:
+    if kwargs.get('feature_norms'):
+        # the per-output norms live in forward_intermediates: use the getter wrapper with norm=True
+        feature_cfg = dict(out_indices=(0, 1, 2, 3), feature_cls='getter', norm=True)
+    else:
+        feature_cfg = dict(out_indices=(0, 1, 2, 3), flatten_sequential=True)
+    return build_model(
+        EfficientVMamba, variant, pretrained,
+        checkpoint_filter_fn=checkpoint_filter_fn,
+        feature_cfg=feature_cfg,
+        **kwargs,
+    )
+
+
+@register_model
+def efficientvmamba_tiny(pretrained: bool = False, **kwargs) -> EfficientVMamba:
+    """EfficientVMamba-T, official ``efficient_vmamba_tiny``, 6.49M params, 76.5% top-1."""
+    model_args = dict(dims=48, depths=(2, 2, 4, 2))
+    return _create_efficientvmamba('efficientvmamba_tiny', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def efficientvmamba_small(pretrained: bool = False, **kwargs) -> EfficientVMamba:
+    """EfficientVMamba-S, official ``efficient_vmamba_small`` (dims 64, not the yaml's 96), 11.27M params, 78.7%."""
+    model_args = dict(dims=64, depths=(2, 2, 4, 2))
+    return _create_efficientvmamba('efficientvmamba_small', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def efficientvmamba_base(pretrained: bool = False, **kwargs) -> EfficientVMamba:
+    """EfficientVMamba-B, official ``efficient_vmamba_base``, 33.72M params, 81.8% top-1."""
+    model_args = dict(dims=96, depths=(2, 2, 9, 2))
+    return _create_efficientvmamba('efficientvmamba_base', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def test_efficientvmamba(pretrained: bool = False, **kwargs) -> EfficientVMamba:
+    """Tiny EfficientVMamba for tests (the architecture of the ``tiny`` parity fixture, with 1000 classes)."""
+    model_args = dict(dims=16, depths=(2, 2, 2, 2))
+    return _create_efficientvmamba('test_efficientvmamba', pretrained=pretrained, **dict(model_args, **kwargs))
