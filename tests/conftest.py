@@ -12,6 +12,9 @@ import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault('TRITON_INTERPRET', '1')
+    # Tiny CPU models: one thread per pytest worker (the suite runs with -n 2 on 2 cores); more threads only
+    # oversubscribe the cores (25x slower under load).
+    torch.set_num_threads(int(os.environ.get('VMAMBA_TEST_THREADS', '1')))
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
