@@ -33,21 +33,21 @@ from __future__ import annotations
 
 import re
 import warnings
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Type, Union
+from typing import Any, Dict, Mapping, Optional, Sequence, Type, Union
 
 import torch
 from torch import nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import (
-    ClassifierHead, ConvNormAct, DropPath, LayerNorm2d, SEModule, get_device_dtype, trunc_normal_,
-)
+from timm.layers import ConvNormAct, DropPath, LayerNorm2d, SEModule
 from timm.models import checkpoint_seq, generate_default_cfgs, register_model
-from timm.models._features import feature_take_indices
 
+from vmamba.layers.patch import PatchMerging, PatchStem
 from vmamba.layers.ss2d import SS2D, Linear2d
-from vmamba.models.vmamba import PatchMerging, PatchStem
 from vmamba.official import register_official
 from vmamba.pretrained import build_model
+
+from ._checkpoint import rename_key, unwrap_state_dict
+from ._hierarchical import HierarchicalMixin, hierarchical_feature_cfg, resolve_stage_dims
 
 __all__ = ['EfficientVMamba', 'checkpoint_filter_fn', 'build_from_official_kwargs']
 
@@ -217,8 +217,11 @@ class EfficientVMambaStage(nn.Module):
         return x
 
 
-class EfficientVMamba(nn.Module):
+class EfficientVMamba(HierarchicalMixin, nn.Module):
     """EfficientVMamba image classifier / backbone (NCHW).
+
+    The timm API (``forward_features``, ``forward_intermediates``, ``prune_intermediate_layers``,
+    ``reset_classifier``, ...) and ``init_weights`` come from :class:`~vmamba.models._hierarchical.HierarchicalMixin`.
 
     Args:
         in_chans: input image channels.
@@ -264,11 +267,7 @@ class EfficientVMamba(nn.Module):
     ):
         dd = {'device': device, 'dtype': dtype}
         super().__init__()
-        if isinstance(dims, int):
-            dims = [dims * 2 ** i for i in range(len(depths))]
-        dims, depths = list(dims), list(depths)
-        if len(dims) != len(depths) or not depths:
-            raise ValueError(f'dims ({dims}) and depths ({depths}) must have the same, non-zero length')
+        dims, depths = resolve_stage_dims(dims, depths)
         if not 0 <= num_ssm_stages <= len(depths):
             raise ValueError(f'num_ssm_stages must be in [0, {len(depths)}], got {num_ssm_stages}')
         self.num_classes = num_classes
@@ -303,145 +302,8 @@ class EfficientVMamba(nn.Module):
             ))
             self.feature_info.append(dict(num_chs=dims[i], reduction=reduction, module=f'stages.{i}'))
 
-        self.num_features = self.head_hidden_size = dims[-1]
-        self.norm = LayerNorm2d(self.num_features, eps=norm_eps, **dd)
-        self.feature_norms = nn.ModuleList([
-            LayerNorm2d(dim, eps=norm_eps, **dd) for dim in dims]) if feature_norms else None
-        self.head = ClassifierHead(
-            self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate, input_fmt='NCHW', **dd)
+        self.init_norms_and_head(dims, num_classes, global_pool, drop_rate, norm_eps, feature_norms, **dd)
         self.init_weights()
-
-    @torch.no_grad()
-    def init_weights(self) -> None:
-        """Official init: trunc-normal(0.02) linears (incl. 1x1 ``Linear2d``), default convs / norms, and the SS2D
-        parameter init. Works on the meta device and re-initialises after ``to_empty``."""
-        for module in self.modules():
-            if isinstance(module, SS2D):
-                module.init_weights()
-            elif isinstance(module, nn.Linear):
-                trunc_normal_(module.weight, std=.02)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, (nn.Conv2d, nn.LayerNorm, nn.BatchNorm2d)):
-                module.reset_parameters()
-
-    @torch.jit.ignore
-    def no_weight_decay(self) -> set:
-        return {'*.A_log', '*.D'}
-
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
-        return dict(
-            stem=r'^stem',
-            blocks=r'^stages\.(\d+)' if coarse else [
-                (r'^stages\.(\d+)\.downsample', (0,)),
-                (r'^stages\.(\d+)\.blocks\.(\d+)', None),
-                (r'^norm|^feature_norms', (99999,)),
-            ],
-        )
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        for stage in self.stages:
-            stage.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head.fc
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        """New classifier with ``num_classes`` outputs (0 = none); ``global_pool=None`` keeps the current pooling."""
-        dd = get_device_dtype(self)
-        self.num_classes = num_classes
-        self.head.reset(num_classes, pool_type=global_pool, in_features=self.num_features, **dd)
-        self.head_hidden_size = self.head.num_features
-
-    def forward_intermediates(
-            self,
-            x: torch.Tensor,
-            indices: Optional[Union[int, List[int]]] = None,
-            norm: bool = False,
-            stop_early: bool = False,
-            output_fmt: str = 'NCHW',
-            intermediates_only: bool = False,
-    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
-        """Stage outputs (before the next downsample) and the final features.
-
-        Args:
-            x: (B, in_chans, H, W) images.
-            indices: stages to return: None = all, int n = last n, or a list of (possibly negative) indices.
-            norm: apply the per-stage ``feature_norms`` (models built with ``feature_norms=True``) to every
-                intermediate; without them, apply the final norm to the last stage's intermediate.
-            stop_early: stop after the last requested stage (the final output is then that stage's output).
-            output_fmt: only ``'NCHW'``.
-            intermediates_only: return only the list of intermediates.
-        Returns:
-            ``[maps]`` or ``(final, [maps])``; maps are (B, C_i, H_i, W_i).
-        """
-        if output_fmt != 'NCHW':
-            raise ValueError(f"EfficientVMamba intermediates are NCHW only, got output_fmt={output_fmt!r}")
-        intermediates = []
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        num_stages = len(self.stages)
-        x = self.stem(x)
-        if torch.jit.is_scripting() or not stop_early:  # no slicing of Sequential when scripting
-            stages = self.stages
-        else:
-            stages = self.stages[:max_index + 1]
-        last_index = 0
-        for i, stage in enumerate(stages):
-            x = stage(x)
-            last_index = i
-            if i in take_indices:
-                if norm and self.feature_norms is not None:
-                    intermediates.append(self.feature_norms[i](x))
-                elif norm and i == num_stages - 1:
-                    intermediates.append(self.norm(x))
-                else:
-                    intermediates.append(x)
-        if intermediates_only:
-            return intermediates
-        if last_index == num_stages - 1:
-            x = self.norm(x)  # the final norm belongs to the last stage only
-        return x, intermediates
-
-    def prune_intermediate_layers(
-            self,
-            indices: Union[int, List[int]] = 1,
-            prune_norm: bool = False,
-            prune_head: bool = True,
-    ) -> List[int]:
-        """Drop the stages (and norms / head) not needed to produce ``indices``; returns the kept indices."""
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        prune_end = max_index < len(self.stages) - 1
-        self.stages = self.stages[:max_index + 1]
-        if prune_norm or prune_end:
-            self.norm = nn.Identity()
-        if self.feature_norms is not None:
-            if prune_norm:
-                self.feature_norms = None
-            else:
-                self.feature_norms = nn.ModuleList([
-                    feature_norm if i in take_indices else nn.Identity()
-                    for i, feature_norm in enumerate(self.feature_norms[:max_index + 1])])
-        if prune_end:
-            self.num_features = self.head_hidden_size = self.feature_info[max_index]['num_chs']
-        if prune_head or prune_end:
-            self.reset_classifier(0, '')
-        return take_indices
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, in_chans, H, W) -> normalised last-stage map (B, num_features, H/32, W/32) (ceil sizes)."""
-        x = self.stem(x)
-        x = self.stages(x)
-        return self.norm(x)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Pool (+ dropout) and classify; ``pre_logits=True`` returns the pooled (B, head_hidden_size) vector."""
-        return self.head(x, pre_logits=True) if pre_logits else self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -483,36 +345,12 @@ _TOP_RENAMES = (
 )
 
 
-def _unwrap_checkpoint(checkpoint: Mapping[str, Any]) -> Dict[str, torch.Tensor]:
-    """The weights of an official container (``{'state_dict': ...}``, or ``{'model': ...}``) or a state dict."""
-    if not isinstance(checkpoint, Mapping):
-        raise TypeError(f'expected a checkpoint dict, got {type(checkpoint).__name__}')
-    for key in ('state_dict', 'model'):
-        if key in checkpoint and isinstance(checkpoint[key], Mapping):
-            checkpoint = checkpoint[key]
-            break
-    return {k: v for k, v in checkpoint.items() if isinstance(v, torch.Tensor)}
-
-
-def _strip_module_prefix(key: str) -> str:
-    """Remove any number of leading ``module.`` (DDP / double-wrapped official checkpoints: ``module.module.``)."""
-    while key.startswith('module.'):
-        key = key[len('module.'):]
-    return key
-
-
-def _rename(key: str, renames: Sequence[Tuple[str, str]]) -> str:
-    for pattern, repl in renames:
-        key = re.sub(pattern, repl, key)
-    return key
-
-
 def _convert_key(key: str) -> str:
     """One official key -> ours (keys that match no official pattern are returned unchanged)."""
     block = re.match(r'^layers\.(\d+)\.blocks\.(\d+)\.(.+)$', key)
     if block:
         stage, index, rest = block.groups()
-        return f'stages.{stage}.blocks.{index}.{_rename(rest, _EVSS_RENAMES)}'
+        return f'stages.{stage}.blocks.{index}.{rename_key(rest, _EVSS_RENAMES)}'
     downsample = re.match(r'^layers\.(\d+)\.downsample\.(.+)$', key)
     if downsample:
         stage, rest = downsample.groups()
@@ -522,8 +360,8 @@ def _convert_key(key: str) -> str:
         stage, index, rest = numbered.groups()
         if rest.startswith(('norm.', 'reduction.')):  # the PatchMerging at the end of the stage
             return f'stages.{int(stage) + 1}.downsample.{rest}'
-        return f'stages.{stage}.blocks.{int(index) - 1}.{_rename(rest, _IR_RENAMES)}'
-    return _rename(key, _TOP_RENAMES)
+        return f'stages.{stage}.blocks.{int(index) - 1}.{rename_key(rest, _IR_RENAMES)}'
+    return rename_key(key, _TOP_RENAMES)
 
 
 def checkpoint_filter_fn(
@@ -537,7 +375,7 @@ def checkpoint_filter_fn(
     ``outnorm{i}`` norms, and already converted state dicts (returned unchanged). Pure renaming when ``model`` is
     None. With a ``model`` that has no classifier (``num_classes=0``), the checkpoint's classifier is dropped.
     """
-    state_dict = {_strip_module_prefix(k): v for k, v in _unwrap_checkpoint(state_dict).items()}
+    state_dict = unwrap_state_dict(state_dict, container_keys=('state_dict', 'model'))
     if not any(k.startswith(('stem.', 'stages.')) for k in state_dict):
         state_dict = {_convert_key(k): v for k, v in state_dict.items()}
     if model is not None and 'head.fc.weight' not in model.state_dict():
@@ -656,15 +494,10 @@ default_cfgs = generate_default_cfgs({
 
 
 def _create_efficientvmamba(variant: str, pretrained: bool = False, **kwargs) -> EfficientVMamba:
-    if kwargs.get('feature_norms'):
-        # the per-output norms live in forward_intermediates: use the getter wrapper with norm=True
-        feature_cfg = dict(out_indices=(0, 1, 2, 3), feature_cls='getter', norm=True)
-    else:
-        feature_cfg = dict(out_indices=(0, 1, 2, 3), flatten_sequential=True)
     return build_model(
         EfficientVMamba, variant, pretrained,
         checkpoint_filter_fn=checkpoint_filter_fn,
-        feature_cfg=feature_cfg,
+        feature_cfg=hierarchical_feature_cfg(bool(kwargs.get('feature_norms'))),
         **kwargs,
     )
 

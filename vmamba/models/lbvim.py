@@ -24,13 +24,13 @@ from __future__ import annotations
 
 from typing import Any, Dict
 
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import generate_default_cfgs, register_model
 
 from vmamba.official import register_official
-from vmamba.pretrained import build_model
 
-from .vim import _OFFICIAL_VIM_DEFAULTS, VisionMamba, checkpoint_filter_fn, vim_kwargs_from_official
+from .vim import (
+    _OFFICIAL_VIM_DEFAULTS, _PLAIN_CFG, VisionMamba, _create_vim, checkpoint_filter_fn, vim_kwargs_from_official,
+)
 
 __all__ = ['lbvim_kwargs_from_official']
 
@@ -86,20 +86,9 @@ def _build_from_official(official_kwargs: Dict[str, Any]) -> VisionMamba:
 register_official('lbvim', _build_from_official, checkpoint_filter_fn)
 
 
-def _create_lbvim(variant: str, pretrained: bool = False, **kwargs) -> VisionMamba:
-    return build_model(
-        VisionMamba, variant, pretrained,
-        checkpoint_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(out_indices=3, feature_cls='getter'),
-        **kwargs,
-    )
-
-
 def _cfg(**kwargs) -> Dict[str, Any]:
     return {
-        'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': None, 'fixed_input_size': True,
-        'crop_pct': .875, 'interpolation': 'bicubic', 'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
-        'first_conv': 'patch_embed.proj', 'classifier': 'head',
+        **_PLAIN_CFG,
         'paper_ids': 'arXiv:2506.15976', 'paper_name': 'LBMamba: Locally Bi-directional Mamba',
         'origin_url': 'https://github.com/cvlab-stonybrook/LBMamba',
         **kwargs,
@@ -121,18 +110,18 @@ _LBVIM_ARGS = dict(
 def lbvim_tiny_patch16_224(pretrained: bool = False, **kwargs) -> VisionMamba:
     """LBVim-T: D=192, depth 24, LB mixers alternating direction per block, mean pooling (6.4M params)."""
     model_args = dict(_LBVIM_ARGS, embed_dim=192, depth=24)
-    return _create_lbvim('lbvim_tiny_patch16_224', pretrained=pretrained, **dict(model_args, **kwargs))
+    return _create_vim('lbvim_tiny_patch16_224', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def lbvim_small_patch16_224(pretrained: bool = False, **kwargs) -> VisionMamba:
     """LBVim-S: D=384, depth 24, LB mixers alternating direction per block, mean pooling (23.9M params)."""
     model_args = dict(_LBVIM_ARGS, embed_dim=384, depth=24)
-    return _create_lbvim('lbvim_small_patch16_224', pretrained=pretrained, **dict(model_args, **kwargs))
+    return _create_vim('lbvim_small_patch16_224', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def test_lbvim(pretrained: bool = False, **kwargs) -> VisionMamba:
     """Tiny LBVim for tests: D=64, depth 4, 64x64 input (16 tokens, window 4)."""
     model_args = dict(_LBVIM_ARGS, img_size=64, embed_dim=64, depth=4)
-    return _create_lbvim('test_lbvim', pretrained=pretrained, **dict(model_args, **kwargs))
+    return _create_vim('test_lbvim', pretrained=pretrained, **dict(model_args, **kwargs))

@@ -25,7 +25,6 @@ Differences from the official code (outputs equal in eval mode; checked against 
 from __future__ import annotations
 
 import math
-import re
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
 import torch
@@ -47,6 +46,8 @@ from vmamba.layers.mamba_mixer import MIXER_SCANS, MambaMixer
 from vmamba.layers.rms_norm import RmsNormFp32
 from vmamba.official import register_official
 from vmamba.pretrained import build_model
+
+from ._checkpoint import rename_key, unwrap_state_dict
 
 __all__ = ['VisionMamba', 'VimPatchEmbed', 'VimBlock', 'resample_pos_embed', 'add_class_token_and_pos_embed',
            'checkpoint_filter_fn', 'vim_kwargs_from_official']
@@ -565,16 +566,10 @@ class VisionMamba(nn.Module):
 
 # ---- checkpoints ---------------------------------------------------------------------------------------------------
 
-def _unwrap_state_dict(container: Mapping[str, Any]) -> Mapping[str, Any]:
-    """The weights of an official container (``'model'``, never ``'model_ema'``), or a bare state dict."""
-    for key in ('model', 'state_dict'):
-        if key in container and isinstance(container[key], Mapping):
-            return container[key]
-    if not any(isinstance(v, torch.Tensor) for v in container.values()):
-        raise ValueError(
-            f"no weights found: the checkpoint has neither tensors nor a 'model' entry (keys: {sorted(container)}). "
-            f"The released numbers use 'model'; pass checkpoint['model_ema'] yourself to load the EMA weights")
-    return container
+_KEY_RENAMES = (
+    (r'^layers\.(\d+)\.', r'blocks.\1.'),
+    (r'^norm_f\.', 'norm.'),
+)
 
 
 def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: Optional[VisionMamba] = None) -> Dict[str, torch.Tensor]:
@@ -585,13 +580,9 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: Optional[VisionMa
     ``module.``, and is idempotent on converted weights. With ``model`` given, ``pos_embed`` is resampled to the
     model's grid (the checkpoint's grid is taken to be square) keeping the class-token row in place.
     """
-    state_dict = _unwrap_state_dict(state_dict)
     out = {}
-    for key, value in state_dict.items():
-        if key.startswith('module.'):
-            key = key[len('module.'):]
-        key = re.sub(r'^layers\.(\d+)\.', r'blocks.\1.', key)
-        key = re.sub(r'^norm_f\.', 'norm.', key)
+    for key, value in unwrap_state_dict(state_dict).items():
+        key = rename_key(key, _KEY_RENAMES)
         if model is not None and key == 'pos_embed' and value.shape != model.pos_embed.shape:
             value = resample_pos_embed(
                 value, model.patch_embed.grid_size,
@@ -711,6 +702,7 @@ register_official('vim', _build_from_official, checkpoint_filter_fn)
 # ---- registry -------------------------------------------------------------------------------------------------------
 
 def _create_vim(variant: str, pretrained: bool = False, **kwargs) -> VisionMamba:
+    """Build a :class:`VisionMamba` variant (Vim or LBVim) through :func:`vmamba.pretrained.build_model`."""
     return build_model(
         VisionMamba, variant, pretrained,
         checkpoint_filter_fn=checkpoint_filter_fn,
@@ -719,11 +711,17 @@ def _create_vim(variant: str, pretrained: bool = False, **kwargs) -> VisionMamba
     )
 
 
+# Input / head fields of every VisionMamba cfg (Vim and LBVim).
+_PLAIN_CFG: Dict[str, Any] = {
+    'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': None, 'fixed_input_size': True,
+    'crop_pct': .875, 'interpolation': 'bicubic', 'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
+    'first_conv': 'patch_embed.proj', 'classifier': 'head',
+}
+
+
 def _cfg(**kwargs) -> Dict[str, Any]:
     return {
-        'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': None, 'fixed_input_size': True,
-        'crop_pct': .875, 'interpolation': 'bicubic', 'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
-        'first_conv': 'patch_embed.proj', 'classifier': 'head',
+        **_PLAIN_CFG,
         'paper_ids': 'arXiv:2401.09417', 'paper_name': 'Vision Mamba: Efficient Visual Representation Learning '
                                                       'with Bidirectional State Space Model',
         'origin_url': 'https://github.com/hustvl/Vim',

@@ -38,34 +38,26 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Type, Union
+from typing import Any, Dict, Mapping, Optional, Sequence, Type, Union
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import (
-    ClassifierHead, DropPath, LayerNorm2d, get_act_layer, get_device_dtype, register_notrace_function, trunc_normal_,
-)
+from timm.layers import DropPath, LayerNorm2d, get_act_layer
 from timm.models import checkpoint_seq, generate_default_cfgs, register_model
-from timm.models._features import feature_take_indices
 
+from vmamba.layers.patch import PatchMerging, PatchStem
 from vmamba.layers.ss2d import SS2D, Linear2d
 from vmamba.official import register_official
 from vmamba.pretrained import build_model
 from vmamba.scans import ScanPattern
 
+from ._checkpoint import rename_key, unwrap_state_dict
+from ._hierarchical import HierarchicalMixin, hierarchical_feature_cfg, resolve_stage_dims
+
 __all__ = ['VMamba', 'checkpoint_filter_fn', 'build_from_official_kwargs']
 
 _logger = logging.getLogger(__name__)
-
-
-@register_notrace_function  # a call_function node in torch.fx graphs (autowrap skips names starting with "_")
-def check_image_batch(x: torch.Tensor, in_chans: int) -> torch.Tensor:
-    """Raise a clear error unless ``x`` is a (B, in_chans, H, W) batch; returns ``x``."""
-    if x.ndim != 4 or x.shape[1] != in_chans:
-        raise ValueError(f'VMamba expects images of shape (B, {in_chans}, H, W), got {tuple(x.shape)}')
-    return x
 
 
 class ConvStem(nn.Module):
@@ -89,22 +81,6 @@ class ConvStem(nn.Module):
         return self.norm2(self.conv2(x))
 
 
-class PatchStem(nn.Module):
-    """Non-overlapping patch stem (official ``patchembed_version='v1'``): patch_size x patch_size conv + LayerNorm.
-
-    (B, in_chans, H, W) -> (B, dim, H // patch_size, W // patch_size).
-    """
-
-    def __init__(self, in_chans: int, dim: int, patch_size: int = 4, norm_eps: float = 1e-5, device=None, dtype=None):
-        dd = {'device': device, 'dtype': dtype}
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_chans, dim, patch_size, stride=patch_size, **dd)
-        self.norm1 = LayerNorm2d(dim, eps=norm_eps, **dd)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm1(self.conv1(x))
-
-
 class ConvDownsample(nn.Module):
     """3x3 stride-2 conv + LayerNorm (official ``downsample_version='v3'``).
 
@@ -119,26 +95,6 @@ class ConvDownsample(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(self.conv(x))
-
-
-class PatchMerging(nn.Module):
-    """Swin patch merging (official ``downsample_version='v1'``), NCHW.
-
-    Odd maps are zero-padded at the bottom / right. The 2x2 neighbours are concatenated in the order
-    (row 0, col 0), (row 1, col 0), (row 0, col 1), (row 1, col 1), then LayerNorm(4C) and a bias-free
-    Linear(4C, C_out). (B, C, H, W) -> (B, C_out, ceil(H/2), ceil(W/2)).
-    """
-
-    def __init__(self, dim: int, dim_out: int, norm_eps: float = 1e-5, device=None, dtype=None):
-        dd = {'device': device, 'dtype': dtype}
-        super().__init__()
-        self.norm = LayerNorm2d(4 * dim, eps=norm_eps, **dd)
-        self.reduction = Linear2d(4 * dim, dim_out, bias=False, **dd)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.pad(x, (0, x.shape[-1] % 2, 0, x.shape[-2] % 2))
-        x = torch.cat([x[..., 0::2, 0::2], x[..., 1::2, 0::2], x[..., 0::2, 1::2], x[..., 1::2, 1::2]], dim=1)
-        return self.reduction(self.norm(x))
 
 
 class Mlp2d(nn.Module):
@@ -238,8 +194,11 @@ class VMambaStage(nn.Module):
         return x
 
 
-class VMamba(nn.Module):
+class VMamba(HierarchicalMixin, nn.Module):
     """VMamba image classifier / backbone (NCHW).
+
+    The timm API (``forward_features``, ``forward_intermediates``, ``prune_intermediate_layers``,
+    ``reset_classifier``, ...) and ``init_weights`` come from :class:`~vmamba.models._hierarchical.HierarchicalMixin`.
 
     Args:
         in_chans: input image channels.
@@ -298,11 +257,7 @@ class VMamba(nn.Module):
     ):
         dd = {'device': device, 'dtype': dtype}
         super().__init__()
-        if isinstance(dims, int):
-            dims = [dims * 2 ** i for i in range(len(depths))]
-        dims, depths = list(dims), list(depths)
-        if len(dims) != len(depths) or not depths:
-            raise ValueError(f'dims ({dims}) and depths ({depths}) must have the same, non-zero length')
+        dims, depths = resolve_stage_dims(dims, depths)
         act_layer = get_act_layer(act_layer)
         self.num_classes = num_classes
         self.in_chans = in_chans
@@ -350,145 +305,8 @@ class VMamba(nn.Module):
             ))
             self.feature_info.append(dict(num_chs=dims[i], reduction=reduction, module=f'stages.{i}'))
 
-        self.num_features = self.head_hidden_size = dims[-1]
-        self.norm = LayerNorm2d(self.num_features, eps=norm_eps, **dd)
-        self.feature_norms = nn.ModuleList([
-            LayerNorm2d(dim, eps=norm_eps, **dd) for dim in dims]) if feature_norms else None
-        self.head = ClassifierHead(
-            self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate, input_fmt='NCHW', **dd)
+        self.init_norms_and_head(dims, num_classes, global_pool, drop_rate, norm_eps, feature_norms, **dd)
         self.init_weights()
-
-    @torch.no_grad()
-    def init_weights(self) -> None:
-        """Official init: trunc-normal(0.02) linears (incl. 1x1 ``Linear2d``), default convs, unit LayerNorms,
-        and the SS2D parameter init. Works on the meta device and re-initialises after ``to_empty``."""
-        for module in self.modules():
-            if isinstance(module, SS2D):
-                module.init_weights()
-            elif isinstance(module, nn.Linear):
-                trunc_normal_(module.weight, std=.02)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, (nn.Conv2d, nn.LayerNorm)):
-                module.reset_parameters()
-
-    @torch.jit.ignore
-    def no_weight_decay(self) -> set:
-        return {'*.A_log', '*.D'}
-
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
-        return dict(
-            stem=r'^stem',
-            blocks=r'^stages\.(\d+)' if coarse else [
-                (r'^stages\.(\d+)\.downsample', (0,)),
-                (r'^stages\.(\d+)\.blocks\.(\d+)', None),
-                (r'^norm|^feature_norms', (99999,)),
-            ],
-        )
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        for stage in self.stages:
-            stage.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head.fc
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        """New classifier with ``num_classes`` outputs (0 = none); ``global_pool=None`` keeps the current pooling."""
-        dd = get_device_dtype(self)
-        self.num_classes = num_classes
-        self.head.reset(num_classes, pool_type=global_pool, in_features=self.num_features, **dd)
-        self.head_hidden_size = self.head.num_features
-
-    def forward_intermediates(
-            self,
-            x: torch.Tensor,
-            indices: Optional[Union[int, List[int]]] = None,
-            norm: bool = False,
-            stop_early: bool = False,
-            output_fmt: str = 'NCHW',
-            intermediates_only: bool = False,
-    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
-        """Stage outputs (before the next downsample) and the final features.
-
-        Args:
-            x: (B, in_chans, H, W) images.
-            indices: stages to return: None = all, int n = last n, or a list of (possibly negative) indices.
-            norm: apply the per-stage ``feature_norms`` (models built with ``feature_norms=True``) to every
-                intermediate; without them, apply the final norm to the last stage's intermediate.
-            stop_early: stop after the last requested stage (the final output is then that stage's output).
-            output_fmt: only ``'NCHW'``.
-            intermediates_only: return only the list of intermediates.
-        Returns:
-            ``[maps]`` or ``(final, [maps])``; maps are (B, C_i, H_i, W_i).
-        """
-        if output_fmt != 'NCHW':
-            raise ValueError(f"VMamba intermediates are NCHW only, got output_fmt={output_fmt!r}")
-        intermediates = []
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        num_stages = len(self.stages)
-        x = self.stem(check_image_batch(x, self.in_chans))
-        if torch.jit.is_scripting() or not stop_early:  # no slicing of Sequential when scripting
-            stages = self.stages
-        else:
-            stages = self.stages[:max_index + 1]
-        last_index = 0
-        for i, stage in enumerate(stages):
-            x = stage(x)
-            last_index = i
-            if i in take_indices:
-                if norm and self.feature_norms is not None:
-                    intermediates.append(self.feature_norms[i](x))
-                elif norm and i == num_stages - 1:
-                    intermediates.append(self.norm(x))
-                else:
-                    intermediates.append(x)
-        if intermediates_only:
-            return intermediates
-        if last_index == num_stages - 1:
-            x = self.norm(x)  # the final norm belongs to the last stage only
-        return x, intermediates
-
-    def prune_intermediate_layers(
-            self,
-            indices: Union[int, List[int]] = 1,
-            prune_norm: bool = False,
-            prune_head: bool = True,
-    ) -> List[int]:
-        """Drop the stages (and norms / head) not needed to produce ``indices``; returns the kept indices."""
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        prune_end = max_index < len(self.stages) - 1
-        self.stages = self.stages[:max_index + 1]
-        if prune_norm or prune_end:
-            self.norm = nn.Identity()
-        if self.feature_norms is not None:
-            if prune_norm:
-                self.feature_norms = None
-            else:
-                self.feature_norms = nn.ModuleList([
-                    feature_norm if i in take_indices else nn.Identity()
-                    for i, feature_norm in enumerate(self.feature_norms[:max_index + 1])])
-        if prune_end:
-            self.num_features = self.head_hidden_size = self.feature_info[max_index]['num_chs']
-        if prune_head or prune_end:
-            self.reset_classifier(0, '')
-        return take_indices
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, in_chans, H, W) -> normalised last-stage map (B, num_features, H/32, W/32) (ceil sizes)."""
-        x = self.stem(check_image_batch(x, self.in_chans))
-        x = self.stages(x)
-        return self.norm(x)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Pool (+ dropout) and classify; ``pre_logits=True`` returns the pooled (B, head_hidden_size) vector."""
-        return self.head(x, pre_logits=True) if pre_logits else self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -521,14 +339,6 @@ _TOP_RENAMES = (
 _LINEAR2D_WEIGHT = re.compile(r'(in_proj|out_proj|fc1|fc2|reduction)\.weight$')
 
 
-def _unwrap_checkpoint(checkpoint: Mapping[str, Any]) -> Dict[str, torch.Tensor]:
-    """The weights of an official container (``{'model': ..., 'optimizer': ..., 'config': ...}``) or a state dict."""
-    for key in ('model', 'state_dict'):
-        if key in checkpoint and isinstance(checkpoint[key], Mapping):
-            return dict(checkpoint[key])
-    return {k: v for k, v in checkpoint.items() if isinstance(v, torch.Tensor)}
-
-
 def _rename_downsample(rest: str, layout: str) -> str:
     """Official ``layers.i.downsample.<rest>`` -> ours (the module that follows stage i starts stage i+1)."""
     if layout == 'conv':  # v3: 0 permute / 1 conv / 2 permute / 3 norm
@@ -559,8 +369,7 @@ def checkpoint_filter_fn(
     ``outnorm{i}`` norms, 4-D (out, in, 1, 1) 1x1 weights, and already converted state dicts (returned unchanged).
     Pure renaming: ``model`` is not needed (and not used).
     """
-    state_dict = _unwrap_checkpoint(state_dict)
-    state_dict = {k[len('module.'):] if k.startswith('module.') else k: v for k, v in state_dict.items()}
+    state_dict = unwrap_state_dict(state_dict)
     if any(k.startswith(('stem.', 'stages.')) for k in state_dict):
         return state_dict  # already ours
 
@@ -571,15 +380,12 @@ def checkpoint_filter_fn(
         downsample = re.match(r'^layers\.(\d+)\.downsample\.(.+)$', key)
         if block:
             stage, index, rest = block.groups()
-            for pattern, repl in _BLOCK_RENAMES + _MIXER_RENAMES:
-                rest = re.sub(pattern, repl, rest)
-            key = f'stages.{stage}.blocks.{index}.{rest}'
+            key = f'stages.{stage}.blocks.{index}.{rename_key(rest, _BLOCK_RENAMES + _MIXER_RENAMES)}'
         elif downsample:
             stage, rest = downsample.groups()
             key = f'stages.{int(stage) + 1}.downsample.{_rename_downsample(rest, layout)}'
         else:
-            for pattern, repl in _TOP_RENAMES:
-                key = re.sub(pattern, repl, key)
+            key = rename_key(key, _TOP_RENAMES)
         if _LINEAR2D_WEIGHT.search(key) and value.ndim == 4:
             if value.shape[2:] != (1, 1):
                 raise ValueError(f'{key}: expected a 1x1 weight, got shape {tuple(value.shape)}')
@@ -725,15 +531,10 @@ def _create_vmamba(variant: str, pretrained: bool = False, **kwargs) -> VMamba:
     if pretrained and getattr(scan, 'name', scan) != 'cross':
         _logger.warning('%s: the released weights were trained with the cross scan, not %r; they load only if the '
                         'route count matches and are not calibrated for the new pattern', variant, scan)
-    if kwargs.get('feature_norms'):
-        # the per-output norms live in forward_intermediates: use the getter wrapper with norm=True
-        feature_cfg = dict(out_indices=(0, 1, 2, 3), feature_cls='getter', norm=True)
-    else:
-        feature_cfg = dict(out_indices=(0, 1, 2, 3), flatten_sequential=True)
     return build_model(
         VMamba, variant, pretrained,
         checkpoint_filter_fn=checkpoint_filter_fn,
-        feature_cfg=feature_cfg,
+        feature_cfg=hierarchical_feature_cfg(bool(kwargs.get('feature_norms'))),
         **kwargs,
     )
 
