@@ -178,30 +178,37 @@ def selective_scan_ref(
     if delta_softplus:
         dt = F.softplus(dt)  # threshold 20 (x > 20 -> x), as the CUDA/Triton kernels
     A_c = A.to(compute_dtype)
-    B_c = B.to(compute_dtype).repeat_interleave(per_group, dim=1)  # (b, c, n, L)
-    C_c = C.to(compute_dtype).repeat_interleave(per_group, dim=1)
+    B_c, C_c = B.to(compute_dtype), C.to(compute_dtype)
 
-    flip_mask = None
-    if any(reverse):
-        if all(reverse):
-            u_s, dt_s, B_s, C_s = u_c.flip(-1), dt.flip(-1), B_c.flip(-1), C_c.flip(-1)
+    def scan_groups(groups: Sequence[int], flip: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Scan the channels of ``groups`` (forward, or from the end if ``flip``); outputs in input order."""
+        if len(groups) == num_groups:
+            chans = slice(None)
+            B_g, C_g = B_c, C_c
         else:
-            flip_mask = torch.tensor(reverse, device=u.device).repeat_interleave(per_group)  # (channels,)
-            m3, m4 = flip_mask[None, :, None], flip_mask[None, :, None, None]
-            u_s = torch.where(m3, u_c.flip(-1), u_c)
-            dt_s = torch.where(m3, dt.flip(-1), dt)
-            B_s = torch.where(m4, B_c.flip(-1), B_c)
-            C_s = torch.where(m4, C_c.flip(-1), C_c)
+            chans = torch.cat([torch.arange(g * per_group, (g + 1) * per_group) for g in groups]).to(u.device)
+            group_idx = torch.tensor(list(groups), device=u.device)
+            B_g, C_g = B_c.index_select(1, group_idx), C_c.index_select(1, group_idx)
+        u_g, dt_g, A_g = u_c[:, chans], dt[:, chans], A_c[chans]
+        B_g, C_g = B_g.repeat_interleave(per_group, dim=1), C_g.repeat_interleave(per_group, dim=1)  # (b, c, n, L)
+        if flip:
+            u_g, dt_g, B_g, C_g = u_g.flip(-1), dt_g.flip(-1), B_g.flip(-1), C_g.flip(-1)
+        y_g, last_g = _scan_forward(u_g, dt_g, A_g, B_g, C_g, local_window)
+        return (y_g.flip(-1) if flip else y_g), last_g
+
+    forward_groups = [g for g in range(num_groups) if not reverse[g]]
+    reversed_groups = [g for g in range(num_groups) if reverse[g]]
+    if not reversed_groups or not forward_groups:
+        y, last_state = scan_groups(range(num_groups), flip=bool(reversed_groups))
     else:
-        u_s, dt_s, B_s, C_s = u_c, dt, B_c, C_c
-
-    y, last_state = _scan_forward(u_s, dt_s, A_c, B_s, C_s, local_window)
-
-    if any(reverse):
-        if flip_mask is None:
-            y = y.flip(-1)
-        else:
-            y = torch.where(flip_mask[None, :, None], y.flip(-1), y)
+        # Mixed directions: scan both channel sets separately, then restore the channel order.
+        y_f, last_f = scan_groups(forward_groups, flip=False)
+        y_r, last_r = scan_groups(reversed_groups, flip=True)
+        order = torch.tensor([g for g in forward_groups + reversed_groups], device=u.device)
+        inverse = torch.argsort(order).repeat_interleave(per_group) * per_group + \
+            torch.arange(per_group, device=u.device).repeat(num_groups)
+        y = torch.cat([y_f, y_r], dim=1).index_select(1, inverse)
+        last_state = torch.cat([last_f, last_r], dim=1).index_select(1, inverse)
     if D is not None:
         y = y + D.to(compute_dtype)[:, None] * u_c
     if z is not None:

@@ -1,0 +1,168 @@
+"""Triton selective-scan kernels vs the PyTorch reference (forward output, last state, gradients of every input).
+
+Without CUDA the kernels run in Triton's CPU interpreter (``TRITON_INTERPRET=1``, small shapes, small tiles so
+that several chunks are scanned); on a CUDA machine the same cases run compiled, plus the ``gpu`` cases at real sizes.
+"""
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault('TRITON_INTERPRET', '1')  # before the kernels are decorated by triton.jit
+
+import pytest  # noqa: E402
+
+from vmamba.kernels.reference import selective_scan_ref  # noqa: E402
+from vmamba.kernels.triton.selective_scan import (  # noqa: E402
+    ScanConfig, selective_scan_bwd, selective_scan_fwd)
+
+DEVICE = 'cuda' if torch.cuda.is_available() else 'cpu'
+GRAD_NAMES = ('u', 'delta', 'A', 'B', 'C', 'D', 'z', 'delta_bias')
+
+
+def assert_close(name, actual, expected, rel_tol, abs_floor=1e-6):
+    """Max-abs error <= abs_floor passes (exactly-zero references); otherwise relative-RMS error <= rel_tol and
+    max-abs error <= 10 * rel_tol * max|expected|."""
+    assert actual.shape == expected.shape, f'{name}: shape {tuple(actual.shape)} != {tuple(expected.shape)}'
+    actual, expected = actual.double(), expected.double()
+    assert torch.isfinite(actual).all(), f'{name}: non-finite values'
+    err = actual - expected
+    max_err = err.abs().max().item() if err.numel() else 0.0
+    if max_err <= abs_floor:
+        return
+    rel_rms = (err.norm() / expected.norm().clamp_min(1e-30)).item()
+    max_allowed = 10 * rel_tol * expected.abs().max().item()
+    assert rel_rms <= rel_tol and max_err <= max_allowed, (
+        f'{name}: relative RMS error {rel_rms:.2e} (tol {rel_tol:.0e}), max abs error {max_err:.2e} '
+        f'(allowed {max_allowed:.2e})')
+
+
+def make_inputs(batch, channels, length, num_states, groups, *, z=True, D=True, delta_bias=True,
+                dtype=torch.float32, seed=0, device=DEVICE):
+    gen = torch.Generator().manual_seed(seed)
+
+    def randn(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=gen) * scale).to(device)
+
+    inputs = dict(
+        u=randn(batch, channels, length).to(dtype),
+        delta=randn(batch, channels, length, scale=0.5).to(dtype),
+        A=-(torch.rand(channels, num_states, generator=gen) * 2 + 0.1).to(device),
+        B=randn(batch, groups, num_states, length).to(dtype),
+        C=randn(batch, groups, num_states, length).to(dtype),
+        D=randn(channels) if D else None,
+        z=randn(batch, channels, length).to(dtype) if z else None,
+        delta_bias=randn(channels, scale=0.3) if delta_bias else None,
+    )
+    return inputs, gen
+
+
+def reference_with_grads(inputs, grad_out, grad_last_state, delta_softplus, reverse, local_window):
+    """Forward output, last state and the gradients of every input of the fp32 reference (autograd)."""
+    leaves = {k: (v.float().clone().requires_grad_(True) if v is not None else None) for k, v in inputs.items()}
+    out, last = selective_scan_ref(
+        leaves['u'], leaves['delta'], leaves['A'], leaves['B'], leaves['C'], D=leaves['D'], z=leaves['z'],
+        delta_bias=leaves['delta_bias'], delta_softplus=delta_softplus, reverse=reverse,
+        local_window=local_window or None, return_last_state=True, out_dtype=torch.float32)
+    loss = (out * grad_out.float()).sum()
+    if grad_last_state is not None:
+        loss = loss + (last * grad_last_state).sum()
+    loss.backward()
+    grads = {k: (v.grad if v is not None else None) for k, v in leaves.items()}
+    return out.detach(), last.detach(), grads
+
+
+def run_case(batch, channels, length, num_states, groups, *, reverse, local_window=0, z=True, D=True,
+             delta_bias=True, delta_softplus=True, grad_last_state=True, dtype=torch.float32,
+             out_dtype=torch.float32, rel_tol=1e-5, config=None, seed=0):
+    inputs, gen = make_inputs(batch, channels, length, num_states, groups, z=z, D=D, delta_bias=delta_bias,
+                              dtype=dtype, seed=seed)
+    reverse = tuple(reverse) if isinstance(reverse, (tuple, list)) else (reverse,) * groups
+    args = [inputs[k] for k in GRAD_NAMES]
+    out, last = selective_scan_fwd(*args, delta_softplus, reverse, local_window, out_dtype, config=config)
+    assert out.dtype == out_dtype and last.dtype == torch.float32
+
+    grad_out = torch.randn(batch, channels, length, generator=gen).to(DEVICE).to(out_dtype)
+    grad_last = torch.randn(batch, channels, num_states, generator=gen).to(DEVICE) if grad_last_state else None
+    ref_out, ref_last, ref_grads = reference_with_grads(inputs, grad_out, grad_last, delta_softplus, reverse,
+                                                        local_window)
+    assert_close('out', out, ref_out, rel_tol)
+    assert_close('last_state', last, ref_last, rel_tol)
+
+    grads = selective_scan_bwd(grad_out, grad_last, *args, delta_softplus, reverse, local_window, config=config)
+    for name, grad, x in zip(GRAD_NAMES, grads, args):
+        if x is None:
+            assert grad is None, f'd{name} should be None for an absent input'
+            continue
+        expected_dtype = torch.float32 if name in ('A', 'D', 'delta_bias') else x.dtype
+        assert grad.dtype == expected_dtype, f'd{name} dtype {grad.dtype}, expected {expected_dtype}'
+        assert_close(f'd{name}', grad, ref_grads[name], rel_tol)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Small cases (CPU interpreter or GPU)
+
+@pytest.mark.parametrize(
+    'batch, channels, length, num_states, groups, reverse, local_window, z, D, delta_bias, delta_softplus', [
+        pytest.param(2, 2, 33, 1, 1, False, 0, False, False, False, False, id='N1-G1-L33-plain'),
+        pytest.param(2, 4, 7, 4, 2, (False, True), 0, True, True, True, True, id='N4-G2-L7-mixed-rev-z'),
+        pytest.param(1, 2, 1, 16, 1, True, 0, True, True, True, True, id='N16-G1-L1-rev'),
+        pytest.param(1, 3, 1, 4, 1, False, 3, True, False, True, True, id='N4-L1-W3'),
+        pytest.param(1, 8, 37, 4, 4, (True, False, False, True), 3, True, True, True, True, id='N4-G4-L37-W3-mixed'),
+        pytest.param(2, 4, 33, 1, 2, True, 4, False, True, True, True, id='N1-G2-L33-W4-rev'),
+        pytest.param(1, 4, 21, 16, 2, (False, True), 4, True, True, False, True, id='N16-G2-L21-W4-nobias'),
+        pytest.param(2, 6, 19, 3, 2, (True, False), 0, False, True, True, False, id='N3-G2-L19-nosoftplus'),
+        pytest.param(1, 2, 45, 4, 1, False, 20, True, True, True, True, id='N4-L45-W20-wide-window'),
+        pytest.param(1, 2, 13, 4, 1, True, 64, True, True, True, True, id='N4-L13-W64-window-covers-L'),
+    ])
+def test_fwd_bwd_fp32(batch, channels, length, num_states, groups, reverse, local_window, z, D, delta_bias,
+                      delta_softplus):
+    run_case(batch, channels, length, num_states, groups, reverse=reverse, local_window=local_window, z=z, D=D,
+             delta_bias=delta_bias, delta_softplus=delta_softplus)
+
+
+def test_without_grad_last_state():
+    run_case(2, 4, 20, 4, 2, reverse=(True, False), local_window=3, grad_last_state=False)
+
+
+@pytest.mark.parametrize('config, local_window', [
+    pytest.param(ScanConfig(block_d=1, block_l=8, num_warps=1), 3, id='chunk6-W3'),
+    pytest.param(ScanConfig(block_d=4, block_l=8, num_warps=1), 0, id='chunk8'),
+    pytest.param(ScanConfig(block_d=1, block_l=4, num_warps=1), 5, id='tile-widened-to-window'),
+    pytest.param(ScanConfig(block_d=1, block_l=8, num_warps=1), 0, id='step-kernel-one-channel-per-program'),
+])
+def test_explicit_tiles(config, local_window):
+    """Many chunks per sequence, chunk sizes that are not powers of two (LB windows); without a window the forward
+    (N > 1) runs the step kernel with ``block_d`` channels per program."""
+    run_case(1, 4, 29, 4, 2, reverse=(False, True), local_window=local_window, config=config)
+
+
+@pytest.mark.parametrize('dtype, out_dtype', [
+    (torch.bfloat16, torch.float32), (torch.bfloat16, torch.bfloat16), (torch.float16, torch.float16)])
+def test_low_precision(dtype, out_dtype):
+    """Low-precision inputs: the scan runs in fp32, so only rounding of inputs/outputs/grads is left."""
+    run_case(2, 4, 23, 4, 2, reverse=(True, False), local_window=4, dtype=dtype, out_dtype=out_dtype, rel_tol=1e-2)
+
+
+def test_rejects_mismatched_dtypes():
+    inputs, _ = make_inputs(1, 2, 5, 2, 1)
+    inputs['B'] = inputs['B'].half()
+    with pytest.raises(TypeError, match='B has dtype'):
+        selective_scan_fwd(*[inputs[k] for k in GRAD_NAMES], True, (False,), 0, torch.float32)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Real sizes (GPU only)
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
+@pytest.mark.parametrize('dtype, rel_tol', [(torch.float32, 1e-4), (torch.bfloat16, 1e-2)])
+@pytest.mark.parametrize('name, shape, kwargs', [
+    ('vmamba_ss2d', (2, 384, 3136, 1, 4), dict(reverse=(False, False, True, True), z=False)),
+    ('vim_s', (2, 768, 197, 16, 1), dict(reverse=False)),
+    ('lbvim_w8', (2, 384, 196, 16, 1), dict(reverse=True, local_window=8)),
+    ('lb_w16_long', (1, 64, 1030, 16, 2), dict(reverse=(False, True), local_window=16)),
+])
+def test_real_sizes_gpu(name, shape, kwargs, dtype, rel_tol):
+    out_dtype = torch.float32 if name == 'vmamba_ss2d' else dtype
+    run_case(*shape, dtype=dtype, out_dtype=out_dtype, rel_tol=rel_tol, **kwargs)

@@ -1,0 +1,726 @@
+"""Triton kernels of the selective scan (Mamba-1 S6), forward and backward, with grouped B/C, per-group reverse and
+LBMamba's locally bidirectional windows.
+
+Layout of the work: one program owns ``BLOCK_D`` channels of one B/C group for one batch element and all ``N``
+states (padded to ``BLOCK_N``). It walks the sequence in chunks of ``CHUNK`` positions (a ``BLOCK_L``-wide tile;
+``CHUNK < BLOCK_L`` only when LB windows need chunks aligned to the window) and scans each chunk with
+``tl.associative_scan`` over ``(decay, input)`` pairs, carrying the state from chunk to chunk in registers.
+
+A reversed group keeps its tile in memory order (so loads stay contiguous and vectorised); only the chunk order and
+the scan direction flip. The backward pass recomputes everything from the inputs: a forward pre-pass stores the
+state at each chunk start (``(batch, channels, num_chunks, N)`` fp32, skipped when there is one chunk), then the
+backward kernel walks the chunks in reverse scan order, recomputes the chunk's states and runs the adjoint scans.
+See ``README.md`` next to this file for the recurrences.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+import triton
+import triton.language as tl
+
+__all__ = ['ScanConfig', 'selective_scan_fwd', 'selective_scan_bwd', 'default_config']
+
+_SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Scalar helpers (elementwise, fp32)
+
+@triton.jit
+def _linear_recurrence_combine(decay_first, value_first, decay_second, value_second):
+    """Compose ``x -> decay_first * x + value_first`` then ``x -> decay_second * x + value_second``."""
+    return decay_first * decay_second, decay_second * value_first + value_second
+
+
+@triton.jit
+def _softplus(x):
+    """log(1 + exp(x)); x itself above 20 (Mamba's threshold). log1p is evaluated with Kahan's trick."""
+    e = tl.exp(-tl.abs(x))
+    w = 1.0 + e
+    log1p_e = tl.where(w == 1.0, e, tl.log(w) * (e / (w - 1.0)))
+    return tl.where(x > 20.0, x, tl.maximum(x, 0.0) + log1p_e)
+
+
+@triton.jit
+def _softplus_grad(x):
+    return tl.where(x > 20.0, 1.0, tl.sigmoid(x))
+
+
+@triton.jit
+def _load_dt(delta_ptr, offsets, mask, delta_bias, HAS_DELTA_BIAS: tl.constexpr, DELTA_SOFTPLUS: tl.constexpr):
+    """dt = softplus(delta + bias) (or without softplus) on a (BLOCK_D, BLOCK_L) tile; 0 where masked.
+
+    Returns (dt, pre_activation)."""
+    x = tl.load(delta_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+    if HAS_DELTA_BIAS:
+        x = x + delta_bias[:, None]
+    if DELTA_SOFTPLUS:
+        dt = _softplus(x)
+    else:
+        dt = x
+    return tl.where(mask, dt, 0.0), x
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Forward kernel (also the backward's chunk-state pre-pass)
+
+@triton.jit
+def _sum_over_states(t, BLOCK_N: tl.constexpr):
+    """(rows, L) -> per-channel (BLOCK_D, L): rows are channels when BLOCK_N == 1, else the states of one channel."""
+    if BLOCK_N == 1:
+        return t
+    else:
+        return tl.sum(t, axis=0, keep_dims=True)
+
+
+@triton.jit
+def _sum_over_channels(t, BLOCK_N: tl.constexpr):
+    """(rows, L) -> per-state (BLOCK_N, L)."""
+    if BLOCK_N == 1:
+        return tl.sum(t, axis=0, keep_dims=True)
+    else:
+        return t
+
+
+@triton.jit
+def _selective_scan_fwd_kernel(
+        u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, delta_bias_ptr,
+        out_ptr, last_state_ptr, chunk_states_ptr,
+        length, channels, channels_per_group, num_groups, num_states, num_chunks, group_offset,
+        HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DELTA_BIAS: tl.constexpr, DELTA_SOFTPLUS: tl.constexpr,
+        REVERSE: tl.constexpr, LOCAL_WINDOW: tl.constexpr,
+        WRITE_OUTPUT: tl.constexpr, WRITE_CHUNK_STATES: tl.constexpr,
+        BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr, CHUNK: tl.constexpr,
+):
+    """One program: BLOCK_D channels (group program_id(1) + group_offset, batch program_id(2)) x all states.
+
+    The state tile has BLOCK_D * BLOCK_N rows (one of the two is 1): channels when N == 1, else the states of one
+    channel. Per-channel tensors are (BLOCK_D, BLOCK_L), per-state B/C tiles (BLOCK_N, BLOCK_L)."""
+    ROWS: tl.constexpr = BLOCK_D * BLOCK_N
+    pid_d = tl.program_id(0)
+    group = tl.program_id(1).to(tl.int64) + group_offset
+    batch = tl.program_id(2).to(tl.int64)
+
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask_d = offs_d < channels_per_group
+    chan = group * channels_per_group + offs_d.to(tl.int64)  # (BLOCK_D,)
+    offs_n = tl.arange(0, BLOCK_N)
+    mask_n = offs_n < num_states
+    rows = tl.arange(0, ROWS)
+    row_d = pid_d * BLOCK_D + rows // BLOCK_N  # channel (within the group) and state of each tile row
+    row_n = rows % BLOCK_N
+    mask_rows = (row_d < channels_per_group) & (row_n < num_states)
+    row_seq = batch * channels + group * channels_per_group + row_d.to(tl.int64)  # (b, c) index of each row
+    row_state = row_seq * num_states + row_n
+    lane = tl.arange(0, BLOCK_L)
+
+    # A in log2 units so that exp(dt * A) = exp2(dt * A2).
+    A2 = tl.load(A_ptr + (group * channels_per_group + row_d) * num_states + row_n, mask=mask_rows,
+                 other=0.0)[:, None] * 1.4426950408889634  # (ROWS, 1)
+    if HAS_D:
+        D = tl.load(D_ptr + chan, mask=mask_d, other=0.0)
+    if HAS_DELTA_BIAS:
+        delta_bias = tl.load(delta_bias_ptr + chan, mask=mask_d, other=0.0)
+    else:
+        delta_bias = tl.zeros([BLOCK_D], dtype=tl.float32)
+
+    seq_row = (batch * channels + chan) * length  # (BLOCK_D,) start of each channel's sequence
+    bc_row = ((batch * num_groups + group) * num_states + offs_n) * length  # (BLOCK_N,)
+    if REVERSE:
+        carry_lane = 0  # lane that holds the state after the chunk's last scanned step
+    else:
+        carry_lane = BLOCK_L - 1
+
+    state = tl.zeros([ROWS], dtype=tl.float32)
+    for chunk in range(num_chunks):
+        if REVERSE:
+            start = length - (chunk + 1) * CHUNK
+        else:
+            start = chunk * CHUNK
+        pos = start + lane
+        mask_l = (lane < CHUNK) & (pos >= 0) & (pos < length)
+        if WRITE_CHUNK_STATES:
+            tl.store(chunk_states_ptr + (row_seq * num_chunks + chunk) * num_states + row_n, state, mask=mask_rows)
+
+        mask_dl = mask_d[:, None] & mask_l[None, :]
+        seq_offs = seq_row[:, None] + pos[None, :]
+        u = tl.load(u_ptr + seq_offs, mask=mask_dl, other=0.0).to(tl.float32)
+        dt, _ = _load_dt(delta_ptr, seq_offs, mask_dl, delta_bias, HAS_DELTA_BIAS, DELTA_SOFTPLUS)
+        mask_nl = mask_n[:, None] & mask_l[None, :]
+        bc_offs = bc_row[:, None] + pos[None, :]
+        Bv = tl.load(B_ptr + bc_offs, mask=mask_nl, other=0.0).to(tl.float32)
+
+        decay = tl.exp2(dt * A2)  # (ROWS, L); 1 on masked lanes (dt = 0)
+        x = (dt * u) * Bv  # (ROWS, L); 0 on masked lanes
+        decay_cum, x_cum = tl.associative_scan((decay, x), 1, _linear_recurrence_combine, reverse=REVERSE)
+        h_left = decay_cum * state[:, None] + x_cum
+        state = tl.sum(tl.where(lane[None, :] == carry_lane, h_left, 0.0), axis=1)
+
+        if WRITE_OUTPUT:
+            if LOCAL_WINDOW > 0:
+                # In-window backward recursion: the decay out of the last token of a window is cut to 0.
+                if REVERSE:
+                    scan_index = length - 1 - pos
+                else:
+                    scan_index = pos
+                window_end = (scan_index % LOCAL_WINDOW) == (LOCAL_WINDOW - 1)
+                decay_local = tl.where(window_end[None, :], 0.0, decay)
+                _, h_right = tl.associative_scan((decay_local, x), 1, _linear_recurrence_combine,
+                                                 reverse=not REVERSE)
+                h = h_left + h_right - x
+            else:
+                h = h_left
+            Cv = tl.load(C_ptr + bc_offs, mask=mask_nl, other=0.0).to(tl.float32)
+            y = _sum_over_states(h * Cv, BLOCK_N)  # (BLOCK_D, L)
+            if HAS_D:
+                y += D[:, None] * u
+            if HAS_Z:
+                zv = tl.load(z_ptr + seq_offs, mask=mask_dl, other=0.0).to(tl.float32)
+                y *= zv * tl.sigmoid(zv)
+            tl.store(out_ptr + seq_offs, y.to(out_ptr.dtype.element_ty), mask=mask_dl)
+
+    if WRITE_OUTPUT:
+        tl.store(last_state_ptr + row_state, state, mask=mask_rows)
+
+
+@triton.jit
+def _selective_scan_fwd_step_kernel(
+        u_ptr, delta_ptr, A_t_ptr, B_ptr, C_ptr, D_ptr, z_ptr, delta_bias_ptr, out_ptr, last_state_ptr,
+        length, channels, channels_per_group, num_groups, num_states, group_offset,
+        HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DELTA_BIAS: tl.constexpr, DELTA_SOFTPLUS: tl.constexpr,
+        REVERSE: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """Step-by-step forward for N > 1 without LB window: a (BLOCK_N states, BLOCK_D channels) state tile walks the
+    sequence one position at a time (each thread keeps whole channels, so neither the recurrence nor the sum over
+    states crosses lanes). A_t is A transposed, (N, channels): loading it contiguous along channels makes the
+    compiler spread channels, not states, over the lanes."""
+    pid_d = tl.program_id(0)
+    group = tl.program_id(1).to(tl.int64) + group_offset
+    batch = tl.program_id(2).to(tl.int64)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask_d = offs_d < channels_per_group
+    chan = group * channels_per_group + offs_d.to(tl.int64)
+    offs_n = tl.arange(0, BLOCK_N)
+    mask_n = offs_n < num_states
+    mask_nd = mask_n[:, None] & mask_d[None, :]
+
+    A2 = tl.load(A_t_ptr + offs_n[:, None] * channels + chan[None, :], mask=mask_nd, other=0.0) * 1.4426950408889634
+    if HAS_D:
+        D = tl.load(D_ptr + chan, mask=mask_d, other=0.0)
+    if HAS_DELTA_BIAS:
+        delta_bias = tl.load(delta_bias_ptr + chan, mask=mask_d, other=0.0)
+    seq_row = (batch * channels + chan) * length
+    bc_row = ((batch * num_groups + group) * num_states + offs_n) * length  # (BLOCK_N,)
+
+    h = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    for i in range(length):
+        if REVERSE:
+            t = length - 1 - i
+        else:
+            t = i
+        u = tl.load(u_ptr + seq_row + t, mask=mask_d, other=0.0).to(tl.float32)
+        dt = tl.load(delta_ptr + seq_row + t, mask=mask_d, other=0.0).to(tl.float32)
+        if HAS_DELTA_BIAS:
+            dt += delta_bias
+        if DELTA_SOFTPLUS:
+            dt = _softplus(dt)
+        B_step = tl.load(B_ptr + bc_row + t, mask=mask_n, other=0.0).to(tl.float32)
+        C_step = tl.load(C_ptr + bc_row + t, mask=mask_n, other=0.0).to(tl.float32)
+        h = tl.exp2(dt[None, :] * A2) * h + B_step[:, None] * (dt * u)[None, :]
+        y = tl.sum(h * C_step[:, None], axis=0)
+        if HAS_D:
+            y += D * u
+        if HAS_Z:
+            zv = tl.load(z_ptr + seq_row + t, mask=mask_d, other=0.0).to(tl.float32)
+            y *= zv * tl.sigmoid(zv)
+        tl.store(out_ptr + seq_row + t, y.to(out_ptr.dtype.element_ty), mask=mask_d)
+    tl.store(last_state_ptr + (batch * channels + chan[None, :]) * num_states + offs_n[:, None], h, mask=mask_nd)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Backward kernel
+
+@triton.jit
+def _selective_scan_bwd_kernel(
+        grad_out_ptr, grad_last_state_ptr, chunk_states_ptr,
+        u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, delta_bias_ptr,
+        du_ptr, ddelta_ptr, dz_ptr, dB_ptr, dC_ptr, dA_partial_ptr, dD_partial_ptr, ddelta_bias_partial_ptr,
+        length, channels, channels_per_group, num_groups, num_states, num_chunks, group_offset,
+        HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DELTA_BIAS: tl.constexpr, DELTA_SOFTPLUS: tl.constexpr,
+        REVERSE: tl.constexpr, LOCAL_WINDOW: tl.constexpr,
+        HAS_GRAD_LAST_STATE: tl.constexpr, HAS_CHUNK_STATES: tl.constexpr,
+        ATOMIC_BC: tl.constexpr, SINGLE_CHUNK: tl.constexpr, CHANNEL_BLOCKS: tl.constexpr,
+        BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr, CHUNK: tl.constexpr,
+):
+    """One program: CHANNEL_BLOCKS x BLOCK_D channels of one group and batch element, one block after the other
+    (tiles as in the forward kernel).
+
+    dB/dC (shared by the group's channels) are summed over the program's channels, then added across programs
+    (atomics when ATOMIC_BC); with SINGLE_CHUNK the sum over all channel blocks stays in registers."""
+    ROWS: tl.constexpr = BLOCK_D * BLOCK_N
+    pid_d = tl.program_id(0)
+    group = tl.program_id(1).to(tl.int64) + group_offset
+    batch = tl.program_id(2).to(tl.int64)
+
+    offs_n = tl.arange(0, BLOCK_N)
+    mask_n = offs_n < num_states
+    rows = tl.arange(0, ROWS)
+    row_n = rows % BLOCK_N
+    lane = tl.arange(0, BLOCK_L)
+    bc_row = ((batch * num_groups + group) * num_states + offs_n) * length
+    if REVERSE:
+        first_lane = CHUNK - 1  # lane of the chunk's first scanned step (always a valid position)
+        step = -1  # memory offset of the next position in scan order
+    else:
+        first_lane = 0
+        step = 1
+    if SINGLE_CHUNK:
+        dB_acc = tl.zeros([BLOCK_N, BLOCK_L], dtype=tl.float32)
+        dC_acc = tl.zeros([BLOCK_N, BLOCK_L], dtype=tl.float32)
+
+    for block in range(CHANNEL_BLOCKS):
+        first_channel = (pid_d * CHANNEL_BLOCKS + block) * BLOCK_D
+        offs_d = first_channel + tl.arange(0, BLOCK_D)
+        mask_d = offs_d < channels_per_group
+        chan = group * channels_per_group + offs_d.to(tl.int64)
+        row_d = first_channel + rows // BLOCK_N
+        mask_rows = (row_d < channels_per_group) & (row_n < num_states)
+        row_seq = batch * channels + group * channels_per_group + row_d.to(tl.int64)
+        row_state = row_seq * num_states + row_n
+
+        A = tl.load(A_ptr + (group * channels_per_group + row_d) * num_states + row_n, mask=mask_rows,
+                    other=0.0)[:, None]  # (ROWS, 1)
+        A2 = A * 1.4426950408889634
+        if HAS_D:
+            D = tl.load(D_ptr + chan, mask=mask_d, other=0.0)
+        if HAS_DELTA_BIAS:
+            delta_bias = tl.load(delta_bias_ptr + chan, mask=mask_d, other=0.0)
+        else:
+            delta_bias = tl.zeros([BLOCK_D], dtype=tl.float32)
+        seq_row = (batch * channels + chan) * length
+
+        # Adjoint flowing into a chunk from the later chunk (in scan order): a_{t+1} * dL/dh_{t+1}.
+        if HAS_GRAD_LAST_STATE:
+            adj_carry = tl.load(grad_last_state_ptr + row_state, mask=mask_rows, other=0.0)
+        else:
+            adj_carry = tl.zeros([ROWS], dtype=tl.float32)
+        dA_acc = tl.zeros([ROWS], dtype=tl.float32)
+        dD_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+        dbias_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+
+        for i in range(num_chunks):
+            chunk = num_chunks - 1 - i
+            if REVERSE:
+                start = length - (chunk + 1) * CHUNK
+            else:
+                start = chunk * CHUNK
+            pos = start + lane
+            mask_l = (lane < CHUNK) & (pos >= 0) & (pos < length)
+            mask_dl = mask_d[:, None] & mask_l[None, :]
+            mask_nl = mask_n[:, None] & mask_l[None, :]
+            seq_offs = seq_row[:, None] + pos[None, :]
+            bc_offs = bc_row[:, None] + pos[None, :]
+
+            if HAS_CHUNK_STATES:
+                state0 = tl.load(chunk_states_ptr + (row_seq * num_chunks + chunk) * num_states + row_n,
+                                 mask=mask_rows, other=0.0)
+            else:
+                state0 = tl.zeros([ROWS], dtype=tl.float32)
+
+            u = tl.load(u_ptr + seq_offs, mask=mask_dl, other=0.0).to(tl.float32)
+            dt, dt_pre = _load_dt(delta_ptr, seq_offs, mask_dl, delta_bias, HAS_DELTA_BIAS, DELTA_SOFTPLUS)
+            Bv = tl.load(B_ptr + bc_offs, mask=mask_nl, other=0.0).to(tl.float32)
+            Cv = tl.load(C_ptr + bc_offs, mask=mask_nl, other=0.0).to(tl.float32)
+            dout = tl.load(grad_out_ptr + seq_offs, mask=mask_dl, other=0.0).to(tl.float32)
+
+            # Recompute the chunk's forward states.
+            decay = tl.exp2(dt * A2)
+            dtu = dt * u
+            x = dtu * Bv
+            decay_cum, x_cum = tl.associative_scan((decay, x), 1, _linear_recurrence_combine, reverse=REVERSE)
+            h_left = decay_cum * state0[:, None] + x_cum
+            if LOCAL_WINDOW > 0:
+                if REVERSE:
+                    scan_index = length - 1 - pos
+                else:
+                    scan_index = pos
+                window_pos = scan_index % LOCAL_WINDOW
+                decay_local = tl.where((window_pos == LOCAL_WINDOW - 1)[None, :], 0.0, decay)
+                _, h_right = tl.associative_scan((decay_local, x), 1, _linear_recurrence_combine,
+                                                 reverse=not REVERSE)
+                h = h_left + h_right - x
+            else:
+                h = h_left
+
+            # Output gate and skip term.
+            y = _sum_over_states(h * Cv, BLOCK_N)
+            if HAS_D:
+                y_skip = y + D[:, None] * u
+            else:
+                y_skip = y
+            if HAS_Z:
+                zv = tl.load(z_ptr + seq_offs, mask=mask_dl, other=0.0).to(tl.float32)
+                sig_z = tl.sigmoid(zv)
+                dz = dout * y_skip * sig_z * (1.0 + zv * (1.0 - sig_z))
+                tl.store(dz_ptr + seq_offs, dz.to(dz_ptr.dtype.element_ty), mask=mask_dl)
+                dy = dout * zv * sig_z
+            else:
+                dy = dout
+            if HAS_D:
+                dD_acc += tl.sum(dy * u, axis=1)
+                du = dy * D[:, None]
+            else:
+                du = tl.zeros([BLOCK_D, BLOCK_L], dtype=tl.float32)
+            g = dy * Cv  # (ROWS, L): dL/dh_t through y_t only; 0 on masked lanes
+
+            # Adjoint of the global forward scan: adj_t = g_t + a_{next} adj_{next}, backwards in scan order.
+            lane_next = lane + step
+            pos_next = pos + step
+            mask_next = (lane_next >= 0) & (lane_next < CHUNK) & (pos_next >= 0) & (pos_next < length)
+            dt_next, _ = _load_dt(delta_ptr, seq_row[:, None] + pos_next[None, :], mask_d[:, None] & mask_next[None, :],
+                                  delta_bias, HAS_DELTA_BIAS, DELTA_SOFTPLUS)
+            decay_next = tl.exp2(dt_next * A2)  # 1 where the next step is outside the chunk
+            decay_prod, adj_partial = tl.associative_scan((decay_next, g), 1, _linear_recurrence_combine,
+                                                          reverse=not REVERSE)
+            adj_left = adj_partial + decay_prod * adj_carry[:, None]
+            adj_carry = tl.sum(tl.where(lane[None, :] == first_lane, decay * adj_left, 0.0), axis=1)
+
+            if LOCAL_WINDOW > 0:
+                # Adjoint of the in-window backward recursion: forward in scan order, reset at window starts.
+                lane_prev = lane - step
+                pos_prev = pos - step
+                mask_prev = ((lane_prev >= 0) & (lane_prev < CHUNK) & (pos_prev >= 0) & (pos_prev < length)
+                             & (window_pos != 0))
+                dt_prev, _ = _load_dt(delta_ptr, seq_row[:, None] + pos_prev[None, :],
+                                      mask_d[:, None] & mask_prev[None, :], delta_bias, HAS_DELTA_BIAS,
+                                      DELTA_SOFTPLUS)
+                decay_prev = tl.where(mask_prev[None, :], tl.exp2(dt_prev * A2), 0.0)
+                _, adj_right = tl.associative_scan((decay_prev, g), 1, _linear_recurrence_combine, reverse=REVERSE)
+                dx = adj_left + adj_right - g
+                # dL/d(dt A): adjoint * (state - input) (= decay * previous state), summed over both recursions.
+                d_log_decay = adj_left * (h_left - x) + adj_right * (h_right - x)
+            else:
+                dx = adj_left
+                d_log_decay = adj_left * (h_left - x)
+            d_log_decay = tl.where(mask_l[None, :], d_log_decay, 0.0)
+
+            dx_B = _sum_over_states(dx * Bv, BLOCK_N)  # (BLOCK_D, L)
+            ddt = dx_B * u + _sum_over_states(d_log_decay * A, BLOCK_N)
+            du += dx_B * dt
+            dA_acc += tl.sum(d_log_decay * dt, axis=1)
+            if DELTA_SOFTPLUS:
+                ddelta = ddt * _softplus_grad(dt_pre)
+            else:
+                ddelta = ddt
+            ddelta = tl.where(mask_dl, ddelta, 0.0)
+            dbias_acc += tl.sum(ddelta, axis=1)
+            tl.store(du_ptr + seq_offs, du.to(du_ptr.dtype.element_ty), mask=mask_dl)
+            tl.store(ddelta_ptr + seq_offs, ddelta.to(ddelta_ptr.dtype.element_ty), mask=mask_dl)
+
+            dB_part = _sum_over_channels(dx * dtu, BLOCK_N)  # (BLOCK_N, L), summed over this block's channels
+            dC_part = _sum_over_channels(h * dy, BLOCK_N)
+            if SINGLE_CHUNK:
+                dB_acc += dB_part
+                dC_acc += dC_part
+            elif ATOMIC_BC:
+                tl.atomic_add(dB_ptr + bc_offs, dB_part, mask=mask_nl, sem='relaxed')
+                tl.atomic_add(dC_ptr + bc_offs, dC_part, mask=mask_nl, sem='relaxed')
+            else:
+                tl.store(dB_ptr + bc_offs, dB_part.to(dB_ptr.dtype.element_ty), mask=mask_nl)
+                tl.store(dC_ptr + bc_offs, dC_part.to(dC_ptr.dtype.element_ty), mask=mask_nl)
+
+        tl.store(dA_partial_ptr + row_state, dA_acc, mask=mask_rows)
+        if HAS_D:
+            tl.store(dD_partial_ptr + batch * channels + chan, dD_acc, mask=mask_d)
+        if HAS_DELTA_BIAS:
+            tl.store(ddelta_bias_partial_ptr + batch * channels + chan, dbias_acc, mask=mask_d)
+
+    if SINGLE_CHUNK:
+        # The one chunk covers the whole sequence (CHUNK >= length).
+        if REVERSE:
+            pos = length - CHUNK + lane
+        else:
+            pos = lane
+        mask_nl = mask_n[:, None] & ((lane < CHUNK) & (pos >= 0) & (pos < length))[None, :]
+        bc_offs = bc_row[:, None] + pos[None, :]
+        if ATOMIC_BC:
+            tl.atomic_add(dB_ptr + bc_offs, dB_acc, mask=mask_nl, sem='relaxed')
+            tl.atomic_add(dC_ptr + bc_offs, dC_acc, mask=mask_nl, sem='relaxed')
+        else:
+            tl.store(dB_ptr + bc_offs, dB_acc.to(dB_ptr.dtype.element_ty), mask=mask_nl)
+            tl.store(dC_ptr + bc_offs, dC_acc.to(dC_ptr.dtype.element_ty), mask=mask_nl)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Launch configuration
+
+@dataclass(frozen=True)
+class ScanConfig:
+    """Tile sizes of one launch: ``block_d`` channels (N == 1; one channel when N > 1) x next_pow2(N) states x
+    ``block_l`` positions, run by ``num_warps`` warps.
+
+    ``channel_blocks`` (backward only): channel blocks handled one after another by one program, which divides the
+    number of programs that add into the shared dB/dC."""
+    block_d: int
+    block_l: int
+    num_warps: int = 4
+    channel_blocks: int = 1
+
+
+def _interpreting() -> bool:
+    return os.environ.get('TRITON_INTERPRET', '0') == '1'
+
+
+def default_config(kind: str, num_states: int, length: int, channels_per_group: int) -> ScanConfig:
+    """Tile sizes for ``kind``: 'fwd' / 'bwd' (chunked scan kernels) or 'fwd_step' (step-by-step forward for N > 1,
+    where ``block_d`` = channels per program = 32 * num_warps)."""
+    if kind not in ('fwd', 'bwd', 'fwd_step'):
+        raise ValueError(f"kind must be 'fwd', 'bwd' or 'fwd_step', got {kind!r}")
+    block_n = triton.next_power_of_2(num_states)
+    if kind == 'fwd_step':
+        return ScanConfig(block_d=16, block_l=1, num_warps=1)
+    if _interpreting():
+        # Small tiles keep the interpreter fast and exercise the chunk carry.
+        return ScanConfig(block_d=2, block_l=16, num_warps=1)
+    # Fastest on H100 in benchmarks/bench_scan.py --sweep (benchmarks/results/scan.md): one channel per program.
+    if kind == 'fwd':
+        return ScanConfig(block_d=1, block_l=min(512, max(32, triton.next_power_of_2(length) // block_n)), num_warps=1)
+    if block_n == 1:
+        return ScanConfig(block_d=1, block_l=256, num_warps=2)
+    return ScanConfig(block_d=1, block_l=max(16, 256 // block_n), num_warps=1)
+
+
+def _resolve(config: ScanConfig, num_states: int, local_window: int, length: int) -> Tuple[int, int, int, int]:
+    """(BLOCK_D, BLOCK_N, BLOCK_L, CHUNK): widen the tile to hold a whole LB window, align chunks to windows."""
+    block_n = triton.next_power_of_2(num_states)
+    block_l = config.block_l
+    if local_window:
+        window = min(local_window, length)
+        block_l = max(block_l, triton.next_power_of_2(window))
+        chunk = (block_l // window) * window
+    else:
+        chunk = block_l
+    block_d = config.block_d if block_n == 1 else 1  # tile rows are channels (N == 1) or one channel's states
+    return block_d, block_n, block_l, chunk
+
+
+def _direction_runs(reverse: Sequence[bool]) -> List[Tuple[int, int, bool]]:
+    """Split the groups into maximal runs of equal direction: [(first_group, count, reverse)]."""
+    runs = []
+    for g, r in enumerate(reverse):
+        if runs and runs[-1][2] == r:
+            runs[-1] = (runs[-1][0], runs[-1][1] + 1, r)
+        else:
+            runs.append((g, 1, r))
+    return runs
+
+
+def _check_inputs(u, delta, A, B, C, D, z, delta_bias, reverse, local_window) -> None:
+    if u.dtype not in _SUPPORTED_DTYPES:
+        raise TypeError(f'triton selective scan: u must be fp32/fp16/bf16, got {u.dtype}')
+    for name, t in (('delta', delta), ('B', B), ('C', C), ('z', z)):
+        if t is not None and t.dtype != u.dtype:
+            raise TypeError(f'triton selective scan: {name} has dtype {t.dtype}, expected {u.dtype} like u')
+    for name, t in (('A', A), ('D', D), ('delta_bias', delta_bias)):
+        if t is not None and t.dtype != torch.float32:
+            raise TypeError(f'triton selective scan: {name} must be float32, got {t.dtype}')
+    for name, t in (('u', u), ('delta', delta), ('A', A), ('B', B), ('C', C), ('D', D), ('z', z),
+                    ('delta_bias', delta_bias)):
+        if t is not None and not t.is_contiguous():
+            raise ValueError(f'triton selective scan: {name} must be contiguous')
+    if len(reverse) != B.shape[1]:
+        raise ValueError(f'triton selective scan: reverse has {len(reverse)} entries for {B.shape[1]} groups')
+    if local_window < 0:
+        raise ValueError(f'triton selective scan: local_window must be >= 0, got {local_window}')
+
+
+def _launch_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, local_window, config,
+                out, last_state, chunk_states):
+    """Run the forward kernel once per run of equal-direction groups (out/last_state None: pre-pass only)."""
+    batch, channels, length = u.shape
+    num_groups, num_states = B.shape[1], B.shape[2]
+    per_group = channels // num_groups
+    block_d, block_n, block_l, chunk = _resolve(config, num_states, local_window, length)
+    num_chunks = triton.cdiv(length, chunk)
+    write_output = out is not None
+    dummy = u  # stands in for absent optional pointers (never dereferenced)
+    for first_group, count, is_reversed in _direction_runs(reverse):
+        grid = (triton.cdiv(per_group, block_d), count, batch)
+        _selective_scan_fwd_kernel[grid](
+            u, delta, A, B, C, D if D is not None else dummy, z if z is not None else dummy,
+            delta_bias if delta_bias is not None else dummy,
+            out if write_output else dummy, last_state if write_output else dummy,
+            chunk_states if chunk_states is not None else dummy,
+            length, channels, per_group, num_groups, num_states, num_chunks, first_group,
+            HAS_D=D is not None, HAS_Z=z is not None, HAS_DELTA_BIAS=delta_bias is not None,
+            DELTA_SOFTPLUS=bool(delta_softplus), REVERSE=bool(is_reversed), LOCAL_WINDOW=int(local_window),
+            WRITE_OUTPUT=write_output, WRITE_CHUNK_STATES=chunk_states is not None,
+            BLOCK_D=block_d, BLOCK_N=block_n, BLOCK_L=block_l, CHUNK=chunk, num_warps=config.num_warps,
+        )
+
+
+def _launch_fwd_step(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, config, out, last_state):
+    """Forward with the step-by-step kernel (N > 1, no LB window)."""
+    batch, channels, length = u.shape
+    num_groups, num_states = B.shape[1], B.shape[2]
+    per_group = channels // num_groups
+    if config is None:
+        config = default_config('fwd_step', num_states, length, per_group)
+    A_t = A.t().contiguous()
+    dummy = u
+    for first_group, count, is_reversed in _direction_runs(reverse):
+        grid = (triton.cdiv(per_group, config.block_d), count, batch)
+        _selective_scan_fwd_step_kernel[grid](
+            u, delta, A_t, B, C, D if D is not None else dummy, z if z is not None else dummy,
+            delta_bias if delta_bias is not None else dummy, out, last_state,
+            length, channels, per_group, num_groups, num_states, first_group,
+            HAS_D=D is not None, HAS_Z=z is not None, HAS_DELTA_BIAS=delta_bias is not None,
+            DELTA_SOFTPLUS=bool(delta_softplus), REVERSE=bool(is_reversed),
+            BLOCK_D=config.block_d, BLOCK_N=triton.next_power_of_2(num_states), num_warps=config.num_warps,
+        )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Launchers (called by vmamba/kernels/interface.py for CUDA tensors)
+
+def selective_scan_fwd(
+        u: torch.Tensor,
+        delta: torch.Tensor,
+        A: torch.Tensor,
+        B: torch.Tensor,
+        C: torch.Tensor,
+        D: Optional[torch.Tensor],
+        z: Optional[torch.Tensor],
+        delta_bias: Optional[torch.Tensor],
+        delta_softplus: bool,
+        reverse: Tuple[bool, ...],
+        local_window: int,
+        out_dtype: torch.dtype,
+        *,
+        config: Optional[ScanConfig] = None,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Selective scan forward.
+
+    Args:
+        u, delta, z: (batch, channels, L), contiguous, one dtype in {fp32, fp16, bf16}; z may be None.
+        A: (channels, N) fp32. B, C: (batch, G, N, L), dtype of u. D, delta_bias: (channels,) fp32 or None.
+        reverse: G bools; group g (channels [g*ch/G, (g+1)*ch/G)) scans from the end, output in input order.
+        local_window: 0 (off) or the LBMamba window W >= 1 (windows [kW, (k+1)W) in scan order).
+        out_dtype: dtype of ``out``.
+        config: tile sizes (default: :func:`default_config`; for N > 1 without LB window the step-by-step kernel
+            runs and ``config`` is its 'fwd_step' config).
+    Returns:
+        out (batch, channels, L) in ``out_dtype``, last_state (batch, channels, N) fp32 (the forward state after
+        the last scanned step).
+    """
+    reverse = tuple(bool(r) for r in reverse)
+    local_window = int(local_window or 0)
+    _check_inputs(u, delta, A, B, C, D, z, delta_bias, reverse, local_window)
+    batch, channels, length = u.shape
+    num_states = A.shape[1]
+    out = torch.empty((batch, channels, length), device=u.device, dtype=out_dtype)
+    last_state = torch.empty((batch, channels, num_states), device=u.device, dtype=torch.float32)
+    if num_states > 1 and not local_window:
+        _launch_fwd_step(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, config, out, last_state)
+        return out, last_state
+    if config is None:
+        config = default_config('fwd', num_states, length, channels // B.shape[1])
+    _launch_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, local_window, config,
+                out, last_state, None)
+    return out, last_state
+
+
+def selective_scan_bwd(
+        grad_out: torch.Tensor,
+        grad_last_state: Optional[torch.Tensor],
+        u: torch.Tensor,
+        delta: torch.Tensor,
+        A: torch.Tensor,
+        B: torch.Tensor,
+        C: torch.Tensor,
+        D: Optional[torch.Tensor],
+        z: Optional[torch.Tensor],
+        delta_bias: Optional[torch.Tensor],
+        delta_softplus: bool,
+        reverse: Tuple[bool, ...],
+        local_window: int,
+        *,
+        config: Optional[ScanConfig] = None,
+) -> Tuple[Optional[torch.Tensor], ...]:
+    """Selective scan backward by recomputation (inputs as in :func:`selective_scan_fwd`).
+
+    Args:
+        grad_out: (batch, channels, L), any float dtype. grad_last_state: (batch, channels, N) fp32 or None.
+    Returns:
+        (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias): du/ddelta/dz/dB/dC in the dtype of the corresponding input,
+        dA/dD/ddelta_bias fp32; None where the input was None.
+    """
+    reverse = tuple(bool(r) for r in reverse)
+    local_window = int(local_window or 0)
+    _check_inputs(u, delta, A, B, C, D, z, delta_bias, reverse, local_window)
+    batch, channels, length = u.shape
+    num_groups, num_states = B.shape[1], B.shape[2]
+    per_group = channels // num_groups
+    if grad_out.shape != u.shape:
+        raise ValueError(f'triton selective scan: grad_out shape {tuple(grad_out.shape)} != {tuple(u.shape)}')
+    grad_out = grad_out.contiguous()
+    if grad_last_state is not None:
+        grad_last_state = grad_last_state.to(torch.float32).contiguous()
+    if config is None:
+        config = default_config('bwd', num_states, length, per_group)
+    block_d, block_n, block_l, chunk = _resolve(config, num_states, local_window, length)
+    num_chunks = triton.cdiv(length, chunk)
+    device = u.device
+
+    chunk_states = None
+    if num_chunks > 1:
+        chunk_states = torch.empty((batch, channels, num_chunks, num_states), device=device, dtype=torch.float32)
+        _launch_fwd(u, delta, A, B, C, None, None, delta_bias, delta_softplus, reverse, local_window, config,
+                    None, None, chunk_states)
+
+    du = torch.empty_like(u)
+    ddelta = torch.empty_like(delta)
+    dz = torch.empty_like(z) if z is not None else None
+    channel_blocks = max(1, min(config.channel_blocks, triton.cdiv(per_group, block_d)))
+    programs_per_group = triton.cdiv(per_group, block_d * channel_blocks)
+    atomic_bc = programs_per_group > 1
+    if atomic_bc:
+        dB = torch.zeros(B.shape, device=device, dtype=torch.float32)
+        dC = torch.zeros(C.shape, device=device, dtype=torch.float32)
+    else:
+        dB = torch.empty_like(B)
+        dC = torch.empty_like(C)
+    dA_partial = torch.empty((batch, channels, num_states), device=device, dtype=torch.float32)
+    dD_partial = torch.empty((batch, channels), device=device, dtype=torch.float32) if D is not None else None
+    dbias_partial = (torch.empty((batch, channels), device=device, dtype=torch.float32)
+                     if delta_bias is not None else None)
+
+    dummy = u
+    for first_group, count, is_reversed in _direction_runs(reverse):
+        grid = (programs_per_group, count, batch)
+        _selective_scan_bwd_kernel[grid](
+            grad_out, grad_last_state if grad_last_state is not None else dummy,
+            chunk_states if chunk_states is not None else dummy,
+            u, delta, A, B, C, D if D is not None else dummy, z if z is not None else dummy,
+            delta_bias if delta_bias is not None else dummy,
+            du, ddelta, dz if dz is not None else dummy, dB, dC, dA_partial,
+            dD_partial if dD_partial is not None else dummy, dbias_partial if dbias_partial is not None else dummy,
+            length, channels, per_group, num_groups, num_states, num_chunks, first_group,
+            HAS_D=D is not None, HAS_Z=z is not None, HAS_DELTA_BIAS=delta_bias is not None,
+            DELTA_SOFTPLUS=bool(delta_softplus), REVERSE=bool(is_reversed), LOCAL_WINDOW=local_window,
+            HAS_GRAD_LAST_STATE=grad_last_state is not None, HAS_CHUNK_STATES=chunk_states is not None,
+            ATOMIC_BC=atomic_bc, SINGLE_CHUNK=num_chunks == 1, CHANNEL_BLOCKS=channel_blocks,
+            BLOCK_D=block_d, BLOCK_N=block_n, BLOCK_L=block_l, CHUNK=chunk, num_warps=config.num_warps,
+        )
+
+    dA = dA_partial.sum(0)
+    dD = dD_partial.sum(0) if dD_partial is not None else None
+    ddelta_bias = dbias_partial.sum(0) if dbias_partial is not None else None
+    if atomic_bc:
+        dB = dB.to(B.dtype)
+        dC = dC.to(C.dtype)
+    return du, ddelta, dA, dB, dC, dD, dz, ddelta_bias
