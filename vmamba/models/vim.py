@@ -38,7 +38,11 @@ from timm.layers import (
 )
 from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
-from timm.models._input import update_model_input_size
+try:  # timm >= 1.0.31 records input-size changes so the model can be re-created with them
+    from timm.models._input import update_model_input_size
+except ImportError:  # older timm (e.g. on a GPU image): nothing to record
+    def update_model_input_size(model: nn.Module, img_size, **model_args) -> None:
+        pass
 from timm.models._manipulate import checkpoint
 
 from vmamba.layers.layer_shuffle import layer_shuffle_probs, token_shuffled_call
