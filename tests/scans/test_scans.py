@@ -102,3 +102,13 @@ def test_errors():
         get_scan_pattern('cross').scan(torch.randn(3, 4, 5))
     with pytest.raises(ValueError, match='window must be'):
         get_scan_pattern('local_bidirectional', window=0)
+
+
+def test_routes_cached_under_inference_mode_serve_training():
+    pattern = get_scan_pattern('cross')
+    with torch.inference_mode():
+        pattern.scan(torch.randn(1, 2, 3, 4))
+    x = torch.randn(1, 2, 3, 4, requires_grad=True)
+    xs, routes = pattern.scan(x)
+    pattern.merge(xs, routes, 3, 4).sum().backward()
+    torch.testing.assert_close(x.grad, torch.full_like(x, 4.0))

@@ -65,10 +65,12 @@ class ScanPattern:
         key = (height, width, str(device))
         routes = self._cache.get(key)
         if routes is None:
-            index, reverse, padded_hw, local_window = self.build_routes(height, width)
-            routes = ScanRoutes(
-                index=index.to(device), inverse=_inverse_index(index, padded_hw).to(device), reverse=tuple(reverse),
-                padded_hw=padded_hw, local_window=local_window)
+            # Normal tensors even if the first call runs under inference_mode (the cache serves training too).
+            with torch.inference_mode(False):
+                index, reverse, padded_hw, local_window = self.build_routes(height, width)
+                routes = ScanRoutes(
+                    index=index.to(device), inverse=_inverse_index(index, padded_hw).to(device),
+                    reverse=tuple(reverse), padded_hw=padded_hw, local_window=local_window)
             self._cache[key] = routes
         return routes
 

@@ -1,0 +1,41 @@
+"""model_cards/: one card per registered pretrained tag, and no card for anything unregistered."""
+import re
+
+import timm
+
+from ._tools import REPO_ROOT, load_tool
+
+cards = load_tool('make_model_cards')
+common = load_tool('_common')
+CARDS_DIR = REPO_ROOT / 'model_cards'
+
+
+def test_every_pretrained_tag_has_a_card():
+    names = common.our_model_names(pretrained=True)
+    assert names, 'no pretrained models registered'
+    missing = [n for n in names if not (CARDS_DIR / f'{n}.md').is_file()]
+    assert not missing, f'run python tools/make_model_cards.py; missing cards: {missing}'
+
+
+def test_every_card_names_a_registered_model():
+    registered = set(timm.list_pretrained())
+    for path in CARDS_DIR.glob('*.md'):
+        if path.name == 'README.md':
+            continue
+        name = path.stem
+        assert name in registered, f'{path} is for an unregistered model'
+        assert path.read_text().startswith(f'# {name}\n')
+
+
+def test_every_pretrained_tag_has_an_official_top1():
+    missing = [n for n in common.our_model_names(pretrained=True) if n not in cards.OFFICIAL_TOP1]
+    assert not missing, f'add the official top-1 of {missing} to OFFICIAL_TOP1 in tools/make_model_cards.py'
+
+
+def test_card_content():
+    text = cards.card_text('vmamba_tiny_s1l8.in1k')
+    assert '82.6%' in text and "'cross'" in text
+    assert re.search(r'\*\*Params:\*\* 30\.25 M', text)
+    assert re.search(r'\*\*FLOPs:\*\* 4\.906 G', text)
+    assert "timm.create_model('vmamba_tiny_s1l8.in1k', pretrained=True)" in text
+    assert '@article{liu2024vmamba' in text
