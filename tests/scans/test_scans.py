@@ -112,3 +112,14 @@ def test_routes_cached_under_inference_mode_serve_training():
     xs, routes = pattern.scan(x)
     pattern.merge(xs, routes, 3, 4).sum().backward()
     torch.testing.assert_close(x.grad, torch.full_like(x, 4.0))
+
+
+@pytest.mark.parametrize('name', ['cross', 'atrous', 'bidirectional'])
+def test_scan_and_merge_gradients(name):
+    """Custom backward of scan/merge (gathers, no atomics) against gradcheck."""
+    pattern = get_scan_pattern(name)
+    x = torch.randn(1, 2, 3, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: pattern.scan(t)[0], (x,))
+    xs, routes = pattern.scan(x.detach())
+    ys = torch.randn_like(xs).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda t: pattern.merge(t, routes, 3, 5), (ys,))

@@ -84,7 +84,7 @@ class ScanPattern:
         if (padded_h, padded_w) != (height, width):
             x = F.pad(x, (0, padded_w - width, 0, padded_h - height))
         flat = x.reshape(batch, channels, padded_h * padded_w)
-        xs = flat.index_select(2, routes.index.reshape(-1))  # (batch, C, K*L)
+        xs = _GatherRoutes.apply(flat, routes.index.reshape(-1), routes.inverse)  # (batch, C, K*L)
         xs = xs.view(batch, channels, routes.num_routes, routes.length).transpose(1, 2)
         return xs.contiguous(), routes
 
@@ -95,10 +95,7 @@ class ScanPattern:
             raise ValueError(f'{self.name} merge: expected (batch, {routes.num_routes}, C, {routes.length}), '
                              f'got {tuple(ys.shape)}')
         flat = ys.transpose(1, 2).reshape(batch, channels, num_routes * length)
-        out = None
-        for visit in routes.inverse:
-            part = flat.index_select(2, visit)
-            out = part if out is None else out + part
+        out = _MergeRoutes.apply(flat, routes.index.reshape(-1), routes.inverse)
         padded_h, padded_w = routes.padded_hw
         out = out.view(batch, channels, padded_h, padded_w)
         if (padded_h, padded_w) != (height, width):
@@ -107,6 +104,42 @@ class ScanPattern:
 
     def __repr__(self) -> str:
         return f'{type(self).__name__}()'
+
+
+def _sum_of_visits(flat_routes: Tensor, inverse: Tensor) -> Tensor:
+    """(batch, C, K*L) -> (batch, C, P): for every position, the sum of its M visits (gathers, no atomics)."""
+    out = flat_routes.index_select(2, inverse[0])
+    for visit in inverse[1:]:
+        out = out + flat_routes.index_select(2, visit)
+    return out
+
+
+class _GatherRoutes(torch.autograd.Function):
+    """(batch, C, P) -> (batch, C, K*L) gather whose backward is the merge (gathers instead of index_add atomics)."""
+
+    @staticmethod
+    def forward(ctx, flat: Tensor, index: Tensor, inverse: Tensor) -> Tensor:
+        ctx.save_for_backward(index, inverse)
+        return flat.index_select(2, index)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        index, inverse = ctx.saved_tensors
+        return _MergeRoutes.apply(grad.contiguous(), index, inverse), None, None
+
+
+class _MergeRoutes(torch.autograd.Function):
+    """(batch, C, K*L) -> (batch, C, P) sum of visits whose backward is the route gather."""
+
+    @staticmethod
+    def forward(ctx, flat_routes: Tensor, index: Tensor, inverse: Tensor) -> Tensor:
+        ctx.save_for_backward(index, inverse)
+        return _sum_of_visits(flat_routes, inverse)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        index, inverse = ctx.saved_tensors
+        return _GatherRoutes.apply(grad.contiguous(), index, inverse), None, None
 
 
 def _inverse_index(index: Tensor, padded_hw: Tuple[int, int]) -> Tensor:
