@@ -60,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--amp', action='store_true', help='autocast (else fp32)')
     p.add_argument('--amp-dtype', default='bfloat16', choices=['bfloat16', 'float16'])
     p.add_argument('--channels-last', action='store_true')
+    p.add_argument('--torchcompile', nargs='?', const='inductor', default=None,
+                   help='torch.compile every model (peers too) with this backend; compile time is in the warm-up')
     p.add_argument('--no-flops', action='store_true')
     p.add_argument('--device', default=None)
     p.add_argument('--out', default=None, help='output prefix (writes .json/.md/.png); default benchmarks/results/'
@@ -139,13 +141,14 @@ def measure(name: str, args, device: torch.device, is_peer: bool) -> Dict[str, A
         model = timm.create_model(name, **model_kwargs).to(device, memory_format=memory_format)
         row.setdefault('params_m', count_params(model) / 1e6)
         images = torch.randn((args.batch_size, *input_size), device=device).contiguous(memory_format=memory_format)
+        run_model = torch.compile(model, backend=args.torchcompile) if args.torchcompile else model
         if args.bench in ('both', 'inference'):
             model.eval()
             _reset_memory(device)
 
             def infer_step():
                 with torch.no_grad(), autocast():
-                    model(images)
+                    run_model(images)
             seconds = _timed(infer_step, device, args.warmup, args.iters)
             row.update(infer_img_s=args.batch_size / seconds, infer_ms=1e3 * seconds,
                        infer_mem_mib=_peak_memory_mib(device))
@@ -156,7 +159,7 @@ def measure(name: str, args, device: torch.device, is_peer: bool) -> Dict[str, A
 
             def train_step():
                 with autocast():
-                    loss = F.cross_entropy(model(images).float(), target)
+                    loss = F.cross_entropy(run_model(images).float(), target)
                 loss.backward()
                 model.zero_grad(set_to_none=True)
             seconds = _timed(train_step, device, args.warmup, args.iters)
@@ -167,7 +170,7 @@ def measure(name: str, args, device: torch.device, is_peer: bool) -> Dict[str, A
     except Exception as err:  # noqa: BLE001  (one broken model must not stop the run)
         row['error'] = f'{type(err).__name__}: {err}'
     finally:
-        model = images = None  # noqa: F841
+        model = run_model = images = None  # noqa: F841
         _reset_memory(device)
     return row
 
@@ -186,7 +189,7 @@ def markdown_table(report: Dict[str, Any]) -> str:
         f'# Model benchmark',
         '',
         f'Device: {report["device"]}; torch {report["torch"]}, timm {report["timm"]}; {report["date"]}.',
-        f'Batch {report["batch_size"]}, {report["precision"]}, channels_last={report["channels_last"]}; '
+        f'Batch {report["batch_size"]}, {report["precision"]}, channels_last={report["channels_last"]}, torch.compile={report.get("torchcompile")}; '
         f'{report["warmup"]} warm-up + {report["iters"]} timed iterations. Train = fwd + bwd (no optimizer step).',
         f'GFLOPs at batch 1 in the papers\' convention (vmamba/flops.py). Command: `{report["command"]}`',
         '',
@@ -269,6 +272,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         batch_size=args.batch_size,
         precision=f'amp {args.amp_dtype}' if args.amp else 'fp32',
         channels_last=args.channels_last,
+        torchcompile=args.torchcompile,
         warmup=args.warmup,
         iters=args.iters,
         command='python tools/benchmark.py ' + ' '.join(sys.argv[1:] if argv is None else argv),
