@@ -47,7 +47,8 @@ from timm.scheduler import create_scheduler_v2  # noqa: E402
 from timm.utils import ModelEmaV3, NativeScaler, dispatch_clip_grad, random_seed  # noqa: E402
 from timm.utils.distributed import init_distributed_device_so  # noqa: E402
 
-from vmamba.data import DIGITS_MEAN, DIGITS_NUM_CLASSES, DIGITS_STD, DigitsDataset  # noqa: E402
+from vmamba.data import DIGITS_MEAN, DIGITS_NUM_CLASSES, DIGITS_STD, DigitsDataset, SyntheticImages  # noqa: E402
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD  # noqa: E402
 
 CHECKPOINT_VERSION = 1
 
@@ -58,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group('data')
     g.add_argument('--data-dir', default=None, help='ImageNet-style root with <train-split>/ and <val-split>/ class '
                                                     'folders; omit for the embedded digits dataset')
+    g.add_argument('--synthetic', type=int, default=None, metavar='N',
+                   help='N random ImageNet-shaped training images (throughput / scaling runs; val gets N // 10)')
     g.add_argument('--train-split', default='train')
     g.add_argument('--val-split', default='val')
     g.add_argument('--num-classes', type=int, default=None, help='default: number of class folders (digits: 10)')
@@ -130,6 +133,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def build_datasets(args, model) -> Dict[str, Any]:
     """Train and val datasets plus what the model needs to know about them."""
+    if args.synthetic is not None:
+        if args.data_dir is not None:
+            raise common.ToolError('--synthetic and --data-dir are mutually exclusive')
+        img_size = args.img_size or 224
+        num_classes = args.num_classes or 1000
+        train = SyntheticImages(args.synthetic, img_size, num_classes, seed=args.seed)
+        val = SyntheticImages(max(1, args.synthetic // 10), img_size, num_classes, seed=args.seed + 1)
+        return dict(train=train, val=val, num_classes=num_classes, dataset='synthetic',
+                    data_config=dict(input_size=(3, img_size, img_size), mean=IMAGENET_DEFAULT_MEAN,
+                                     std=IMAGENET_DEFAULT_STD))
     if args.data_dir is None:
         img_size = args.img_size or 32
         train = DigitsDataset('train', image_size=img_size, max_shift=args.max_shift)

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-__all__ = ['DigitsDataset', 'load_digits_split', 'DIGITS_MEAN', 'DIGITS_STD', 'DIGITS_NUM_CLASSES', 'DIGITS_SPLITS']
+__all__ = ['DigitsDataset', 'SyntheticImages', 'load_digits_split', 'DIGITS_MEAN', 'DIGITS_STD', 'DIGITS_NUM_CLASSES', 'DIGITS_SPLITS']
 
 DIGITS_MEAN = (0.5, 0.5, 0.5)
 DIGITS_STD = (0.5, 0.5, 0.5)
@@ -72,7 +72,7 @@ class DigitsDataset(Dataset):
     """scikit-learn digits as a (3, image_size, image_size) image dataset with a fixed train/val split.
 
     Args:
-        split: XX.
+        split: 'train' or 'val'.
         image_size: output height and width (bilinear upscaling of the 8x8 digits).
         max_shift: training augmentation: translate each image by a random integer offset in
             [-max_shift, max_shift] pixels per axis (background-filled). Draws from torch's global RNG, so runs are
@@ -106,3 +106,26 @@ class DigitsDataset(Dataset):
     def __repr__(self) -> str:
         return (f'{type(self).__name__}(split={self.split!r}, images={len(self)}, image_size={self.image_size}, '
                 f'max_shift={self.max_shift})')
+
+
+class SyntheticImages(Dataset):
+    """Random, already-normalised images with labels ``index % num_classes``, for throughput / scaling runs.
+
+    A pool of ``pool_size`` fixed images (seeded) is reused, so loading costs nothing. Items: ((3, H, W) float, int).
+    """
+
+    def __init__(self, num_samples: int, image_size: int = 224, num_classes: int = 1000, pool_size: int = 64,
+                 seed: int = 0):
+        if num_samples < 1 or image_size < 1 or num_classes < 1:
+            raise ValueError(f'SyntheticImages needs num_samples, image_size, num_classes >= 1, got '
+                             f'{num_samples}, {image_size}, {num_classes}')
+        self.num_samples, self.num_classes = num_samples, num_classes
+        generator = torch.Generator().manual_seed(seed)
+        self.pool = torch.randn(min(pool_size, num_samples), 3, image_size, image_size, generator=generator)
+        self.targets = [i % num_classes for i in range(num_samples)]
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __getitem__(self, index: int) -> Tuple[torch.Tensor, int]:
+        return self.pool[index % len(self.pool)], self.targets[index]

@@ -149,3 +149,16 @@ def test_recipe_features_run(tmp_path):
 def test_layer_shuffle_needs_a_plain_model(tmp_path):
     with pytest.raises(common.ToolError, match='does not accept layer_shuffle_prob'):
         train.main(TINY_TRAIN_ARGS + ['--layer-shuffle-prob', '0.5', '--output', str(tmp_path)])
+
+
+def test_synthetic_imagenet_shaped_data(tmp_path):
+    """--synthetic: random ImageNet-shaped data with 1000 classes (the throughput / DDP scaling runs)."""
+    result = train.main(['--model', 'test_vmamba', '--model-kwargs', 'dims=8', 'depths=(1,1,1,1)', '--synthetic', '40',
+                         '--img-size', '16', '--batch-size', '8', '--epochs', '1', '--no-progress',
+                         '--output', str(tmp_path)])
+    history = result['history']
+    assert history[-1]['val_images'] == 4
+    assert torch.isfinite(torch.tensor(history[-1]['train_loss']))
+    with pytest.raises(Exception, match='mutually exclusive'):
+        train.main(['--model', 'test_vmamba', '--synthetic', '8', '--data-dir', str(tmp_path),
+                    '--output', str(tmp_path / 'x')])
