@@ -69,20 +69,22 @@ def _linear_recurrence(decay: torch.Tensor, inputs: torch.Tensor) -> Tuple[torch
     num_chunks = -(-length // chunk)
     padded = num_chunks * chunk
     # Padding steps have decay 1 and input 0: they keep the state, so the final carry is h_{L-1}.
-    a = _pad_last(decay, padded, 1.0).unflatten(-1, (num_chunks, chunk))
-    x = _pad_last(inputs, padded, 0.0).unflatten(-1, (num_chunks, chunk))
-    local = [x[..., 0]]
+    # Layout (T, ..., num_chunks): every in-chunk step below reads and writes contiguous memory.
+    a = _pad_last(decay, padded, 1.0).unflatten(-1, (num_chunks, chunk)).movedim(-1, 0).contiguous()
+    x = _pad_last(inputs, padded, 0.0).unflatten(-1, (num_chunks, chunk)).movedim(-1, 0).contiguous()
+    local = [x[0]]
     for t in range(1, chunk):
-        local.append(torch.addcmul(x[..., t], a[..., t], local[-1]))
-    h_local = torch.stack(local, dim=-1)  # (..., num_chunks, T)
-    prefix_decay = torch.cumprod(a, dim=-1)
-    carry = torch.zeros_like(h_local[..., 0, 0])
+        local.append(torch.addcmul(x[t], a[t], local[-1]))
+    h_local = torch.stack(local, dim=0)  # (T, ..., num_chunks)
+    prefix_decay = torch.cumprod(a, dim=0)
+    carry = torch.zeros_like(h_local[0, ..., 0])
     carries = []
     for k in range(num_chunks):
         carries.append(carry)
-        carry = torch.addcmul(h_local[..., k, -1], prefix_decay[..., k, -1], carry)
-    carry_in = torch.stack(carries, dim=-1).unsqueeze(-1)  # (..., num_chunks, 1)
-    h = torch.addcmul(h_local, prefix_decay, carry_in).flatten(-2)[..., :length]
+        carry = torch.addcmul(h_local[-1, ..., k], prefix_decay[-1, ..., k], carry)
+    carry_in = torch.stack(carries, dim=-1)  # (..., num_chunks)
+    h = torch.addcmul(h_local, prefix_decay, carry_in)  # (T, ..., num_chunks)
+    h = h.movedim(0, -1).flatten(-2)[..., :length]
     return h, carry
 
 
@@ -190,9 +192,9 @@ def selective_scan_ref(
             group_idx = torch.tensor(list(groups), device=u.device)
             B_g, C_g = B_c.index_select(1, group_idx), C_c.index_select(1, group_idx)
         u_g, dt_g, A_g = u_c[:, chans], dt[:, chans], A_c[chans]
-        B_g, C_g = B_g.repeat_interleave(per_group, dim=1), C_g.repeat_interleave(per_group, dim=1)  # (b, c, n, L)
-        if flip:
+        if flip:  # before expanding B/C per channel: flips the small (b, g, n, L) tensors
             u_g, dt_g, B_g, C_g = u_g.flip(-1), dt_g.flip(-1), B_g.flip(-1), C_g.flip(-1)
+        B_g, C_g = B_g.repeat_interleave(per_group, dim=1), C_g.repeat_interleave(per_group, dim=1)  # (b, c, n, L)
         y_g, last_g = _scan_forward(u_g, dt_g, A_g, B_g, C_g, local_window)
         return (y_g.flip(-1) if flip else y_g), last_g
 
