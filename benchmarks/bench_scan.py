@@ -10,7 +10,9 @@
    (a) VMamba-T stage-1 SS2D: batch 32, 4 groups x 96 channels, L=3136, N=1, bf16 in / fp32 out, softplus, D, bias,
        reverse=(F, F, T, T) as the cross scan passes it (official VMamba CUDA forward on H100: 0.284 ms);
    (b) Vim-S: batch 128, 768 channels, L=197, N=16, G=1, z gating, bf16 in/out, softplus, D, bias
-       (official mamba CUDA forward: 0.758 ms).
+       (official mamba CUDA forward: 0.758 ms);
+   (c) Vim-S as ``vmamba.layers.MambaMixer`` calls it: both directions stacked as 2 groups (1536 channels,
+       reverse=(F, T)), no z (the gate is applied after the two directions are summed).
    Minimal bytes = every input read once + every output written once (forward: u, delta, z, B, C, A, D, delta_bias
    read; out, last_state written. Backward adds: grad_out, u, delta, z, B, C, A, D, delta_bias read; du, ddelta,
    dz, dB, dC, dA, dD, ddelta_bias written). GB/s = minimal bytes / time.
@@ -66,17 +68,20 @@ CASES = {
                             dtype=torch.bfloat16, out_dtype=torch.float32, reverse=(False, False, True, True)),
     'vim_s': dict(batch=128, channels=768, length=197, num_states=16, groups=1, z=True,
                   dtype=torch.bfloat16, out_dtype=torch.bfloat16, reverse=(False,)),
+    'vim_s_mixer': dict(batch=128, channels=1536, length=197, num_states=16, groups=2, z=False,
+                        dtype=torch.bfloat16, out_dtype=torch.bfloat16, reverse=(False, True)),
 }
 # The official VMamba kernel only scans forward (the cross scan flips its inputs); this row times that setting.
 EXTRA_ROWS = {'vmamba_t_stage1_forward_only': dict(CASES['vmamba_t_stage1'], reverse=(False,) * 4)}
 OFFICIAL_FWD_MS['vmamba_t_stage1_forward_only'] = OFFICIAL_FWD_MS['vmamba_t_stage1']
 
-SWEEP = {  # (block_d, block_l, num_warps, channel_blocks); Vim's forward runs the step kernel (block_d channels)
+SWEEP = {  # (block_d, block_l, num_warps, channel_blocks); Vim (N=16) runs the step kernels: block_d channels,
+    # block_l positions per unrolled block
     ('vmamba_t_stage1', 'fwd'): [(1, 512, 2, 1), (1, 1024, 2, 1), (1, 256, 1, 1), (1, 512, 1, 1), (2, 512, 2, 1),
                                  (1, 1024, 4, 1)],
-    ('vim_s', 'fwd'): [(32, 1, 1, 1), (64, 1, 2, 1), (128, 1, 4, 1), (64, 1, 1, 1), (16, 1, 1, 1)],
+    ('vim_s', 'fwd'): [(16, 8, 1, 1), (16, 4, 1, 1), (16, 16, 1, 1), (8, 8, 1, 1), (32, 4, 1, 1), (32, 8, 1, 1)],
     ('vmamba_t_stage1', 'bwd'): [(1, 512, 4, 1), (1, 256, 2, 1), (1, 512, 2, 1), (1, 1024, 4, 1), (1, 256, 4, 1)],
-    ('vim_s', 'bwd'): [(1, 32, 1, 1), (1, 32, 1, 4), (1, 16, 1, 1), (1, 64, 1, 1), (1, 32, 1, 8)],
+    ('vim_s', 'bwd'): [(16, 4, 1, 1), (16, 8, 1, 1), (8, 8, 1, 1), (8, 4, 1, 1), (8, 16, 1, 1), (32, 4, 1, 1)],
 }
 
 
@@ -188,11 +193,13 @@ def bench_case(name, case, fwd_config=None, bwd_config=None, with_backward=True)
     return result
 
 
-def sweep(time_budget_s):
+def sweep(time_budget_s, cases=None):
     """Best tile config per (case, direction), by median time; stops when the time budget is used up."""
     start = time.time()
     best = {}
     for (name, kind), candidates in SWEEP.items():
+        if cases and name not in cases:
+            continue
         case = dict(CASES[name], reverse=(False,) * CASES[name]['groups'])  # one direction: half the compiles
         inputs = make_inputs(case['batch'], case['channels'], case['length'], case['num_states'], case['groups'],
                              case['z'], case['dtype'])
@@ -221,7 +228,7 @@ def sweep(time_budget_s):
                   flush=True)
         if timings:
             timings.sort(key=lambda t: t[0])
-            default_kind = 'fwd_step' if kind == 'fwd' and case['num_states'] > 1 else kind
+            default_kind = kind + '_step' if case['num_states'] > 1 else kind
             default = default_config(default_kind, case['num_states'], case['length'],
                                      case['channels'] // case['groups'])
             best[(name, kind)] = timings[0][1]
@@ -233,6 +240,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--sweep', action='store_true', help='time several tile configs and use the best')
     parser.add_argument('--sweep-budget', type=float, default=240.0, help='seconds for the sweep')
+    parser.add_argument('--sweep-cases', nargs='*', default=None, help='sweep only these cases (default: all)')
     parser.add_argument('--quick', action='store_true', help='skip the reference check')
     opts = parser.parse_args()
     if not torch.cuda.is_available():
@@ -249,7 +257,8 @@ def main():
     if not opts.quick:
         print('## correctness vs reference (relative RMS; fp32 tol 1e-4, bf16 tol 1e-2)', flush=True)
         for dtype in (torch.float32, torch.bfloat16):
-            for name, batch, window in (('vmamba_t_stage1', 2, 0), ('vim_s', 4, 0), ('vim_s', 4, 8)):
+            for name, batch, window in (('vmamba_t_stage1', 2, 0), ('vim_s', 4, 0), ('vim_s', 4, 8),
+                                        ('vim_s_mixer', 4, 0)):
                 case = dict(CASES[name], dtype=dtype, out_dtype=CASES[name]['out_dtype'] if dtype != torch.float32
                             else torch.float32)
                 if window:
@@ -264,14 +273,14 @@ def main():
     best = {}
     if opts.sweep:
         print('## tile sweep', flush=True)
-        best = sweep(opts.sweep_budget)
+        best = sweep(opts.sweep_budget, opts.sweep_cases)
         report['sweep_best'] = {f'{k[0]}/{k[1]}': vars(v) for k, v in best.items()}
 
     print('## benchmark', flush=True)
     rows = []
     for name, case in list(CASES.items()) + list(EXTRA_ROWS.items()):
         variants = [('default', None, None)]
-        base = 'vmamba_t_stage1' if name.startswith('vmamba_t_stage1') else name
+        base = next(b for b in ('vmamba_t_stage1', 'vim_s') if name.startswith(b))
         if (base, 'fwd') in best or (base, 'bwd') in best:
             variants.append(('sweep-best', best.get((base, 'fwd')), best.get((base, 'bwd'))))
         for label, fwd_cfg, bwd_cfg in variants:
@@ -281,14 +290,16 @@ def main():
             fwd_gbs = res['fwd_bytes'] / (res['fwd_ms'] * 1e-3) / 1e9
             fb_gbs = res['fwd_bwd_bytes'] / (res['fwd_bwd_ms'] * 1e-3) / 1e9
             rows.append((f'{name} ({label})', res['fwd_ms'], fwd_gbs, 100 * fwd_gbs / copy_gbs,
-                         OFFICIAL_FWD_MS[name] / res['fwd_ms'], res['bwd_ms'], res['fwd_bwd_ms'], fb_gbs,
+                         OFFICIAL_FWD_MS.get(name, float('nan')) / res['fwd_ms'], res['bwd_ms'], res['fwd_bwd_ms'],
+                         fb_gbs,
                          100 * fb_gbs / copy_gbs, res['fwd_bytes'] / 1e6, res['fwd_bwd_bytes'] / 1e6))
 
     header = ('| case | fwd ms | fwd GB/s | fwd % copy | official fwd / ours | bwd ms | fwd+bwd ms | fwd+bwd GB/s '
               '| fwd+bwd % copy | fwd MB | fwd+bwd MB |')
     lines = [f'Device: {env}; copy bandwidth {copy_gbs:.0f} GB/s', '', header, '|' + '---|' * 11]
     for r in rows:
-        lines.append(f'| {r[0]} | {r[1]:.4f} | {r[2]:.0f} | {r[3]:.0f}% | {r[4]:.2f}x | {r[5]:.4f} | {r[6]:.4f} | '
+        official = f'{r[4]:.2f}x' if r[4] == r[4] else 'n/a'  # NaN: no official number for this case
+        lines.append(f'| {r[0]} | {r[1]:.4f} | {r[2]:.0f} | {r[3]:.0f}% | {official} | {r[5]:.4f} | {r[6]:.4f} | '
                      f'{r[7]:.0f} | {r[8]:.0f}% | {r[9]:.1f} | {r[10]:.1f} |')
     table = '\n'.join(lines)
     out_dir = os.environ.get('OUT')

@@ -125,6 +125,18 @@ def test_without_grad_last_state():
     run_case(2, 4, 20, 4, 2, reverse=(True, False), local_window=3, grad_last_state=False)
 
 
+@pytest.mark.parametrize('config, grad_last_state', [
+    pytest.param(ScanConfig(block_d=2, block_l=4, num_warps=1), True, id='2ch-4steps-atomic-dBdC'),
+    pytest.param(ScanConfig(block_d=8, block_l=8, num_warps=1), False, id='1program-per-group-8steps'),
+    pytest.param(ScanConfig(block_d=4, block_l=1, num_warps=1), True, id='1step-per-block'),
+])
+def test_step_kernels_vim_like(config, grad_last_state):
+    """Vim's call (N=16, both directions as two groups, no z) at an odd length that no block size divides: the
+    step forward and the step backward with ragged last blocks, reversed groups walked by index arithmetic, and dB/dC
+    added across programs (atomics) or stored by the only program of a group."""
+    run_case(2, 12, 19, 16, 2, reverse=(False, True), z=False, config=config, grad_last_state=grad_last_state)
+
+
 @pytest.mark.parametrize('config, local_window', [
     pytest.param(ScanConfig(block_d=1, block_l=8, num_warps=1), 3, id='chunk6-W3'),
     pytest.param(ScanConfig(block_d=4, block_l=8, num_warps=1), 0, id='chunk8'),
@@ -160,6 +172,7 @@ def test_rejects_mismatched_dtypes():
 @pytest.mark.parametrize('name, shape, kwargs', [
     ('vmamba_ss2d', (2, 384, 3136, 1, 4), dict(reverse=(False, False, True, True), z=False)),
     ('vim_s', (2, 768, 197, 16, 1), dict(reverse=False)),
+    ('vim_s_mixer', (2, 1536, 197, 16, 2), dict(reverse=(False, True), z=False)),
     ('lbvim_w8', (2, 384, 196, 16, 1), dict(reverse=True, local_window=8)),
     ('lb_w16_long', (1, 64, 1030, 16, 2), dict(reverse=(False, True), local_window=16)),
 ])

@@ -10,6 +10,9 @@ A reversed group keeps its tile in memory order (so loads stay contiguous and ve
 the scan direction flip. The backward pass recomputes everything from the inputs: a forward pre-pass stores the
 state at each chunk start (``(batch, channels, num_chunks, N)`` fp32, skipped when there is one chunk), then the
 backward kernel walks the chunks in reverse scan order, recomputes the chunk's states and runs the adjoint scans.
+
+N > 1 without LB window (Vim) runs step kernels instead: a (N, BLOCK_D) state tile walks the sequence one position
+at a time (unrolled in blocks of STEPS positions), forward and backward; a reversed group is walked from the end.
 See ``README.md`` next to this file for the recurrences.
 """
 from __future__ import annotations
@@ -63,6 +66,17 @@ def _load_dt(delta_ptr, offsets, mask, delta_bias, HAS_DELTA_BIAS: tl.constexpr,
     else:
         dt = x
     return tl.where(mask, dt, 0.0), x
+
+
+@triton.jit
+def _step_dt(delta_ptrs, mask, delta_bias, HAS_DELTA_BIAS: tl.constexpr, DELTA_SOFTPLUS: tl.constexpr):
+    """dt of one position for a vector of channels (step kernels); 0 where masked (the state then passes unchanged)."""
+    dt = tl.load(delta_ptrs, mask=mask, other=0.0).to(tl.float32)
+    if HAS_DELTA_BIAS:
+        dt += delta_bias
+    if DELTA_SOFTPLUS:
+        dt = _softplus(dt)
+    return tl.where(mask, dt, 0.0)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -190,14 +204,20 @@ def _selective_scan_fwd_kernel(
 @triton.jit
 def _selective_scan_fwd_step_kernel(
         u_ptr, delta_ptr, A_t_ptr, B_ptr, C_ptr, D_ptr, z_ptr, delta_bias_ptr, out_ptr, last_state_ptr,
-        length, channels, channels_per_group, num_groups, num_states, group_offset,
+        chunk_states_ptr,
+        length, channels, channels_per_group, num_groups, num_states, num_chunks, group_offset,
         HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DELTA_BIAS: tl.constexpr, DELTA_SOFTPLUS: tl.constexpr,
-        REVERSE: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+        REVERSE: tl.constexpr, WRITE_OUTPUT: tl.constexpr, WRITE_CHUNK_STATES: tl.constexpr,
+        BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, STEPS: tl.constexpr,
 ):
     """Step-by-step forward for N > 1 without LB window: a (BLOCK_N states, BLOCK_D channels) state tile walks the
-    sequence one position at a time (each thread keeps whole channels, so neither the recurrence nor the sum over
-    states crosses lanes). A_t is A transposed, (N, channels): loading it contiguous along channels makes the
-    compiler spread channels, not states, over the lanes."""
+    sequence one position at a time (no cross-lane scan). The walk is unrolled by STEPS positions: all loads of a
+    block of STEPS positions are issued before its recurrence runs, which hides their latency. A reversed group
+    visits the positions from the end by index arithmetic. A_t is A transposed, (N, channels).
+
+    Also the backward's pre-pass (WRITE_OUTPUT False, WRITE_CHUNK_STATES True): stores the state before each block of
+    STEPS scanned positions to ``chunk_states`` (batch, num_chunks, N, channels): contiguous along channels like
+    A_t, so that the state tile keeps one register layout."""
     pid_d = tl.program_id(0)
     group = tl.program_id(1).to(tl.int64) + group_offset
     batch = tl.program_id(2).to(tl.int64)
@@ -207,6 +227,8 @@ def _selective_scan_fwd_step_kernel(
     offs_n = tl.arange(0, BLOCK_N)
     mask_n = offs_n < num_states
     mask_nd = mask_n[:, None] & mask_d[None, :]
+    row_seq = batch * channels + chan  # (BLOCK_D,) (b, c) index of each channel
+    state_offs = row_seq[None, :] * num_states + offs_n[:, None]  # (BLOCK_N, BLOCK_D) into (batch, channels, N)
 
     A2 = tl.load(A_t_ptr + offs_n[:, None] * channels + chan[None, :], mask=mask_nd, other=0.0) * 1.4426950408889634
     if HAS_D:
@@ -217,28 +239,54 @@ def _selective_scan_fwd_step_kernel(
     bc_row = ((batch * num_groups + group) * num_states + offs_n) * length  # (BLOCK_N,)
 
     h = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
-    for i in range(length):
-        if REVERSE:
-            t = length - 1 - i
-        else:
-            t = i
-        u = tl.load(u_ptr + seq_row + t, mask=mask_d, other=0.0).to(tl.float32)
-        dt = tl.load(delta_ptr + seq_row + t, mask=mask_d, other=0.0).to(tl.float32)
-        if HAS_DELTA_BIAS:
-            dt += delta_bias
-        if DELTA_SOFTPLUS:
-            dt = _softplus(dt)
-        B_step = tl.load(B_ptr + bc_row + t, mask=mask_n, other=0.0).to(tl.float32)
-        C_step = tl.load(C_ptr + bc_row + t, mask=mask_n, other=0.0).to(tl.float32)
-        h = tl.exp2(dt[None, :] * A2) * h + B_step[:, None] * (dt * u)[None, :]
-        y = tl.sum(h * C_step[:, None], axis=0)
-        if HAS_D:
-            y += D * u
-        if HAS_Z:
-            zv = tl.load(z_ptr + seq_row + t, mask=mask_d, other=0.0).to(tl.float32)
-            y *= zv * tl.sigmoid(zv)
-        tl.store(out_ptr + seq_row + t, y.to(out_ptr.dtype.element_ty), mask=mask_d)
-    tl.store(last_state_ptr + (batch * channels + chan[None, :]) * num_states + offs_n[:, None], h, mask=mask_nd)
+    for chunk in range(num_chunks):
+        if WRITE_CHUNK_STATES:
+            tl.store(chunk_states_ptr + ((batch * num_chunks + chunk) * num_states + offs_n[:, None]) * channels
+                     + chan[None, :], h, mask=mask_nd)
+        # Loads of the whole block first (positions past the end: dt = 0, so the state passes unchanged).
+        ts = ()
+        dts = ()
+        dtus = ()
+        us = ()
+        Bs = ()
+        Cs = ()
+        zs = ()
+        for j in tl.static_range(STEPS):
+            i = chunk * STEPS + j
+            if REVERSE:
+                t = length - 1 - i
+            else:
+                t = i
+            valid = i < length
+            mask = mask_d & valid
+            u = tl.load(u_ptr + seq_row + t, mask=mask, other=0.0).to(tl.float32)
+            dt = tl.load(delta_ptr + seq_row + t, mask=mask, other=0.0).to(tl.float32)
+            if HAS_DELTA_BIAS:
+                dt += delta_bias
+            if DELTA_SOFTPLUS:
+                dt = _softplus(dt)
+            dt = tl.where(mask, dt, 0.0)
+            ts = ts + (t,)
+            dts = dts + (dt,)
+            dtus = dtus + (dt * u,)
+            us = us + (u,)
+            Bs = Bs + (tl.load(B_ptr + bc_row + t, mask=mask_n & valid, other=0.0).to(tl.float32),)
+            if WRITE_OUTPUT:
+                Cs = Cs + (tl.load(C_ptr + bc_row + t, mask=mask_n & valid, other=0.0).to(tl.float32),)
+                if HAS_Z:
+                    zs = zs + (tl.load(z_ptr + seq_row + t, mask=mask, other=0.0).to(tl.float32),)
+        for j in tl.static_range(STEPS):
+            h = tl.exp2(dts[j][None, :] * A2) * h + Bs[j][:, None] * dtus[j][None, :]
+            if WRITE_OUTPUT:
+                y = tl.sum(h * Cs[j][:, None], axis=0)
+                if HAS_D:
+                    y += D * us[j]
+                if HAS_Z:
+                    y *= zs[j] * tl.sigmoid(zs[j])
+                tl.store(out_ptr + seq_row + ts[j], y.to(out_ptr.dtype.element_ty),
+                         mask=mask_d & (chunk * STEPS + j < length))
+    if WRITE_OUTPUT:
+        tl.store(last_state_ptr + state_offs, h, mask=mask_nd)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -455,16 +503,156 @@ def _selective_scan_bwd_kernel(
             tl.store(dC_ptr + bc_offs, dC_acc.to(dC_ptr.dtype.element_ty), mask=mask_nl)
 
 
+@triton.jit
+def _selective_scan_bwd_step_kernel(
+        grad_out_ptr, grad_last_state_ptr, chunk_states_ptr,
+        u_ptr, delta_ptr, A_t_ptr, B_ptr, C_ptr, D_ptr, z_ptr, delta_bias_ptr,
+        du_ptr, ddelta_ptr, dz_ptr, dB_ptr, dC_ptr, dA_partial_ptr, dD_partial_ptr, ddelta_bias_partial_ptr,
+        length, channels, channels_per_group, num_groups, num_states, num_chunks, group_offset,
+        HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DELTA_BIAS: tl.constexpr, DELTA_SOFTPLUS: tl.constexpr,
+        REVERSE: tl.constexpr, HAS_GRAD_LAST_STATE: tl.constexpr, ATOMIC_BC: tl.constexpr,
+        BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, STEPS: tl.constexpr,
+):
+    """Step-by-step backward for N > 1 without LB window, on the (BLOCK_N, BLOCK_D) tile of the step forward.
+
+    Blocks of STEPS scanned positions are visited last to first. For each block the kernel loads the state at the
+    block start (stored by the step forward's pre-pass), recomputes the block's STEPS states in registers, then
+    steps back through them with the adjoint ``adj_t = C_t dy_t + a_{t+1} adj_{t+1}``. dB/dC of each position are
+    summed over the program's channels and added across programs (atomics when ATOMIC_BC)."""
+    pid_d = tl.program_id(0)
+    group = tl.program_id(1).to(tl.int64) + group_offset
+    batch = tl.program_id(2).to(tl.int64)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask_d = offs_d < channels_per_group
+    chan = group * channels_per_group + offs_d.to(tl.int64)
+    offs_n = tl.arange(0, BLOCK_N)
+    mask_n = offs_n < num_states
+    mask_nd = mask_n[:, None] & mask_d[None, :]
+    row_seq = batch * channels + chan
+    state_offs = row_seq[None, :] * num_states + offs_n[:, None]
+
+    A = tl.load(A_t_ptr + offs_n[:, None] * channels + chan[None, :], mask=mask_nd, other=0.0)  # (BLOCK_N, BLOCK_D)
+    A2 = A * 1.4426950408889634
+    if HAS_D:
+        D = tl.load(D_ptr + chan, mask=mask_d, other=0.0)
+    if HAS_DELTA_BIAS:
+        delta_bias = tl.load(delta_bias_ptr + chan, mask=mask_d, other=0.0)
+    else:
+        delta_bias = tl.zeros([BLOCK_D], dtype=tl.float32)
+    seq_row = (batch * channels + chan) * length
+    bc_row = ((batch * num_groups + group) * num_states + offs_n) * length
+
+    # adj_carry = a_{t+1} * dL/dh_{t+1}: the adjoint flowing into step t from the later step (in scan order).
+    if HAS_GRAD_LAST_STATE:
+        adj_carry = tl.load(grad_last_state_ptr + state_offs, mask=mask_nd, other=0.0)
+    else:
+        adj_carry = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    dA_acc = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    dD_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+    dbias_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+
+    for k in range(num_chunks):
+        chunk = num_chunks - 1 - k
+        h = tl.load(chunk_states_ptr + ((batch * num_chunks + chunk) * num_states + offs_n[:, None]) * channels
+                    + chan[None, :], mask=mask_nd, other=0.0)
+        # Recompute the block's states, kept in registers (positions past the end: dt = 0, dy = 0, so they change
+        # nothing). Only the states are kept; the per-position inputs are reloaded (from L1/L2) by the adjoint steps.
+        hs = ()
+        for j in tl.static_range(STEPS):
+            i = chunk * STEPS + j
+            if REVERSE:
+                t = length - 1 - i
+            else:
+                t = i
+            mask = mask_d & (i < length)
+            u = tl.load(u_ptr + seq_row + t, mask=mask, other=0.0).to(tl.float32)
+            dt = _step_dt(delta_ptr + seq_row + t, mask, delta_bias, HAS_DELTA_BIAS, DELTA_SOFTPLUS)
+            Bv = tl.load(B_ptr + bc_row + t, mask=mask_n & (i < length), other=0.0).to(tl.float32)
+            h = tl.exp2(dt[None, :] * A2) * h + Bv[:, None] * (dt * u)[None, :]
+            hs = hs + (h,)
+
+        # Adjoint steps, last position of the block first.
+        for j in tl.static_range(STEPS - 1, -1, -1):
+            i = chunk * STEPS + j
+            if REVERSE:
+                t = length - 1 - i
+            else:
+                t = i
+            mask = mask_d & (i < length)
+            mask_bc = mask_n & (i < length)
+            u = tl.load(u_ptr + seq_row + t, mask=mask, other=0.0).to(tl.float32)
+            dt_pre = tl.load(delta_ptr + seq_row + t, mask=mask, other=0.0).to(tl.float32)
+            if HAS_DELTA_BIAS:
+                dt_pre += delta_bias
+            if DELTA_SOFTPLUS:
+                dt = _softplus(dt_pre)
+            else:
+                dt = dt_pre
+            dt = tl.where(mask, dt, 0.0)
+            Bv = tl.load(B_ptr + bc_row + t, mask=mask_bc, other=0.0).to(tl.float32)
+            Cv = tl.load(C_ptr + bc_row + t, mask=mask_bc, other=0.0).to(tl.float32)
+            dout = tl.load(grad_out_ptr + seq_row + t, mask=mask, other=0.0).to(tl.float32)
+            h = hs[j]
+            if HAS_Z:
+                zv = tl.load(z_ptr + seq_row + t, mask=mask, other=0.0).to(tl.float32)
+                y = tl.sum(h * Cv[:, None], axis=0)
+                if HAS_D:
+                    y += D * u
+                sig_z = tl.sigmoid(zv)
+                dz = dout * y * sig_z * (1.0 + zv * (1.0 - sig_z))
+                tl.store(dz_ptr + seq_row + t, dz.to(dz_ptr.dtype.element_ty), mask=mask)
+                dy = dout * zv * sig_z
+            else:
+                dy = dout
+            dtu = dt * u
+            adj = Cv[:, None] * dy[None, :] + adj_carry  # dL/dh_t, (BLOCK_N, BLOCK_D)
+            # dL/d(dt A) = adj * a_t h_{t-1} = adj * (h_t - x_t)
+            d_log_decay = adj * (h - Bv[:, None] * dtu[None, :])
+            dx_B = tl.sum(adj * Bv[:, None], axis=0)  # (BLOCK_D,)
+            ddt = dx_B * u + tl.sum(d_log_decay * A, axis=0)
+            du = dx_B * dt
+            if HAS_D:
+                du += dy * D
+                dD_acc += dy * u
+            dA_acc += d_log_decay * dt[None, :]
+            if DELTA_SOFTPLUS:
+                ddelta = ddt * _softplus_grad(dt_pre)
+            else:
+                ddelta = ddt
+            ddelta = tl.where(mask, ddelta, 0.0)
+            dbias_acc += ddelta
+            tl.store(du_ptr + seq_row + t, du.to(du_ptr.dtype.element_ty), mask=mask)
+            tl.store(ddelta_ptr + seq_row + t, ddelta.to(ddelta_ptr.dtype.element_ty), mask=mask)
+            dB_t = tl.sum(adj * dtu[None, :], axis=1)  # (BLOCK_N,), summed over this program's channels
+            dC_t = tl.sum(h * dy[None, :], axis=1)
+            if ATOMIC_BC:
+                tl.atomic_add(dB_ptr + bc_row + t, dB_t, mask=mask_bc, sem='relaxed')
+                tl.atomic_add(dC_ptr + bc_row + t, dC_t, mask=mask_bc, sem='relaxed')
+            else:
+                tl.store(dB_ptr + bc_row + t, dB_t.to(dB_ptr.dtype.element_ty), mask=mask_bc)
+                tl.store(dC_ptr + bc_row + t, dC_t.to(dC_ptr.dtype.element_ty), mask=mask_bc)
+            adj_carry = tl.exp2(dt[None, :] * A2) * adj
+
+    tl.store(dA_partial_ptr + state_offs, dA_acc, mask=mask_nd)
+    if HAS_D:
+        tl.store(dD_partial_ptr + row_seq, dD_acc, mask=mask_d)
+    if HAS_DELTA_BIAS:
+        tl.store(ddelta_bias_partial_ptr + row_seq, dbias_acc, mask=mask_d)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Launch configuration
 
 @dataclass(frozen=True)
 class ScanConfig:
-    """Tile sizes of one launch: ``block_d`` channels (N == 1; one channel when N > 1) x next_pow2(N) states x
-    ``block_l`` positions, run by ``num_warps`` warps.
+    """Tile sizes of one launch.
 
-    ``channel_blocks`` (backward only): channel blocks handled one after another by one program, which divides the
-    number of programs that add into the shared dB/dC."""
+    Chunked-scan kernels ('fwd', 'bwd'): ``block_d`` channels (N == 1; one channel when N > 1) x next_pow2(N) states
+    x ``block_l`` positions, run by ``num_warps`` warps. ``channel_blocks`` (backward only): channel blocks handled
+    one after another by one program, which divides the number of programs that add into the shared dB/dC.
+
+    Step kernels ('fwd_step', 'bwd_step', used for N > 1 without LB window): ``block_d`` channels x next_pow2(N)
+    states per program, walking ``block_l`` positions per unrolled block (the backward stores one state per block)."""
     block_d: int
     block_l: int
     num_warps: int = 4
@@ -476,17 +664,19 @@ def _interpreting() -> bool:
 
 
 def default_config(kind: str, num_states: int, length: int, channels_per_group: int) -> ScanConfig:
-    """Tile sizes for ``kind``: 'fwd' / 'bwd' (chunked scan kernels) or 'fwd_step' (step-by-step forward for N > 1,
-    where ``block_d`` = channels per program = 32 * num_warps)."""
-    if kind not in ('fwd', 'bwd', 'fwd_step'):
-        raise ValueError(f"kind must be 'fwd', 'bwd' or 'fwd_step', got {kind!r}")
+    """Tile sizes for ``kind``: 'fwd' / 'bwd' (chunked scan kernels) or 'fwd_step' / 'bwd_step' (step-by-step
+    kernels for N > 1 without LB window)."""
+    if kind not in ('fwd', 'bwd', 'fwd_step', 'bwd_step'):
+        raise ValueError(f"kind must be 'fwd', 'bwd', 'fwd_step' or 'bwd_step', got {kind!r}")
     block_n = triton.next_power_of_2(num_states)
-    if kind == 'fwd_step':
-        return ScanConfig(block_d=16, block_l=1, num_warps=1)
     if _interpreting():
-        # Small tiles keep the interpreter fast and exercise the chunk carry.
+        # Small tiles keep the interpreter fast and exercise the chunk carry and ragged last blocks.
+        if kind in ('fwd_step', 'bwd_step'):
+            return ScanConfig(block_d=4, block_l=4, num_warps=1)
         return ScanConfig(block_d=2, block_l=16, num_warps=1)
-    # Fastest on H100 in benchmarks/bench_scan.py --sweep (benchmarks/results/scan.md): one channel per program.
+    # Fastest on H100 in benchmarks/bench_scan.py --sweep (benchmarks/results/scan.md).
+    if kind in ('fwd_step', 'bwd_step'):
+        return ScanConfig(block_d=32, block_l=4, num_warps=1)
     if kind == 'fwd':
         return ScanConfig(block_d=1, block_l=min(512, max(32, triton.next_power_of_2(length) // block_n)), num_warps=1)
     if block_n == 1:
@@ -563,25 +753,92 @@ def _launch_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, lo
         )
 
 
-def _launch_fwd_step(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, config, out, last_state):
-    """Forward with the step-by-step kernel (N > 1, no LB window)."""
+def _uses_step_kernels(num_states: int, local_window: int) -> bool:
+    """N > 1 without LB window runs the step-by-step kernels (sequential over L, parallel over channels x states)."""
+    return num_states > 1 and not local_window
+
+
+def _launch_fwd_step(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, config, out, last_state,
+                     chunk_states=None):
+    """Forward with the step-by-step kernel (N > 1, no LB window). With ``out`` None it is the backward's pre-pass:
+    it only stores the state before each block of ``config.block_l`` positions into ``chunk_states``."""
     batch, channels, length = u.shape
     num_groups, num_states = B.shape[1], B.shape[2]
     per_group = channels // num_groups
-    if config is None:
-        config = default_config('fwd_step', num_states, length, per_group)
+    num_chunks = triton.cdiv(length, config.block_l)
+    write_output = out is not None
     A_t = A.t().contiguous()
     dummy = u
     for first_group, count, is_reversed in _direction_runs(reverse):
         grid = (triton.cdiv(per_group, config.block_d), count, batch)
         _selective_scan_fwd_step_kernel[grid](
             u, delta, A_t, B, C, D if D is not None else dummy, z if z is not None else dummy,
-            delta_bias if delta_bias is not None else dummy, out, last_state,
-            length, channels, per_group, num_groups, num_states, first_group,
+            delta_bias if delta_bias is not None else dummy,
+            out if write_output else dummy, last_state if write_output else dummy,
+            chunk_states if chunk_states is not None else dummy,
+            length, channels, per_group, num_groups, num_states, num_chunks, first_group,
             HAS_D=D is not None, HAS_Z=z is not None, HAS_DELTA_BIAS=delta_bias is not None,
             DELTA_SOFTPLUS=bool(delta_softplus), REVERSE=bool(is_reversed),
-            BLOCK_D=config.block_d, BLOCK_N=triton.next_power_of_2(num_states), num_warps=config.num_warps,
+            WRITE_OUTPUT=write_output, WRITE_CHUNK_STATES=chunk_states is not None,
+            BLOCK_D=config.block_d, BLOCK_N=triton.next_power_of_2(num_states), STEPS=config.block_l,
+            num_warps=config.num_warps,
         )
+
+
+def _selective_scan_bwd_step(grad_out, grad_last_state, u, delta, A, B, C, D, z, delta_bias, delta_softplus,
+                             reverse, config):
+    """Backward with the step-by-step kernels (N > 1, no LB window): pre-pass for the block-start states, then the
+    backward kernel."""
+    batch, channels, length = u.shape
+    num_groups, num_states = B.shape[1], B.shape[2]
+    per_group = channels // num_groups
+    if config is None:
+        config = default_config('bwd_step', num_states, length, per_group)
+    device = u.device
+    num_chunks = triton.cdiv(length, config.block_l)
+    chunk_states = torch.empty((batch, num_chunks, num_states, channels), device=device, dtype=torch.float32)
+    _launch_fwd_step(u, delta, A, B, C, None, None, delta_bias, delta_softplus, reverse, config, None, None,
+                     chunk_states)
+
+    programs_per_group = triton.cdiv(per_group, config.block_d)
+    atomic_bc = programs_per_group > 1
+    if atomic_bc:
+        dB = torch.zeros(B.shape, device=device, dtype=torch.float32)
+        dC = torch.zeros(C.shape, device=device, dtype=torch.float32)
+    else:
+        dB = torch.empty_like(B)
+        dC = torch.empty_like(C)
+    du = torch.empty_like(u)
+    ddelta = torch.empty_like(delta)
+    dz = torch.empty_like(z) if z is not None else None
+    dA_partial = torch.empty((batch, channels, num_states), device=device, dtype=torch.float32)
+    dD_partial = torch.empty((batch, channels), device=device, dtype=torch.float32) if D is not None else None
+    dbias_partial = (torch.empty((batch, channels), device=device, dtype=torch.float32)
+                     if delta_bias is not None else None)
+    A_t = A.t().contiguous()
+    dummy = u
+    for first_group, count, is_reversed in _direction_runs(reverse):
+        grid = (programs_per_group, count, batch)
+        _selective_scan_bwd_step_kernel[grid](
+            grad_out, grad_last_state if grad_last_state is not None else dummy, chunk_states,
+            u, delta, A_t, B, C, D if D is not None else dummy, z if z is not None else dummy,
+            delta_bias if delta_bias is not None else dummy,
+            du, ddelta, dz if dz is not None else dummy, dB, dC, dA_partial,
+            dD_partial if dD_partial is not None else dummy, dbias_partial if dbias_partial is not None else dummy,
+            length, channels, per_group, num_groups, num_states, num_chunks, first_group,
+            HAS_D=D is not None, HAS_Z=z is not None, HAS_DELTA_BIAS=delta_bias is not None,
+            DELTA_SOFTPLUS=bool(delta_softplus), REVERSE=bool(is_reversed),
+            HAS_GRAD_LAST_STATE=grad_last_state is not None, ATOMIC_BC=atomic_bc,
+            BLOCK_D=config.block_d, BLOCK_N=triton.next_power_of_2(num_states), STEPS=config.block_l,
+            num_warps=config.num_warps,
+        )
+    dA = dA_partial.sum(0)
+    dD = dD_partial.sum(0) if dD_partial is not None else None
+    ddelta_bias = dbias_partial.sum(0) if dbias_partial is not None else None
+    if atomic_bc:
+        dB = dB.to(B.dtype)
+        dC = dC.to(C.dtype)
+    return du, ddelta, dA, dB, dC, dD, dz, ddelta_bias
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -612,7 +869,7 @@ def selective_scan_fwd(
         local_window: 0 (off) or the LBMamba window W >= 1 (windows [kW, (k+1)W) in scan order).
         out_dtype: dtype of ``out``.
         config: tile sizes (default: :func:`default_config`; for N > 1 without LB window the step-by-step kernel
-            runs and ``config`` is its 'fwd_step' config).
+            runs and ``config`` is its 'fwd_step' config: ``block_d`` channels, ``block_l`` unrolled steps).
     Returns:
         out (batch, channels, L) in ``out_dtype``, last_state (batch, channels, N) fp32 (the forward state after
         the last scanned step).
@@ -624,7 +881,9 @@ def selective_scan_fwd(
     num_states = A.shape[1]
     out = torch.empty((batch, channels, length), device=u.device, dtype=out_dtype)
     last_state = torch.empty((batch, channels, num_states), device=u.device, dtype=torch.float32)
-    if num_states > 1 and not local_window:
+    if _uses_step_kernels(num_states, local_window):
+        if config is None:
+            config = default_config('fwd_step', num_states, length, channels // B.shape[1])
         _launch_fwd_step(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, config, out, last_state)
         return out, last_state
     if config is None:
@@ -655,6 +914,8 @@ def selective_scan_bwd(
 
     Args:
         grad_out: (batch, channels, L), any float dtype. grad_last_state: (batch, channels, N) fp32 or None.
+        config: tile sizes (default: :func:`default_config`; for N > 1 without LB window the step-by-step kernels
+            run and ``config`` is their 'bwd_step' config: ``block_d`` channels, ``block_l`` steps per block).
     Returns:
         (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias): du/ddelta/dz/dB/dC in the dtype of the corresponding input,
         dA/dD/ddelta_bias fp32; None where the input was None.
@@ -670,6 +931,9 @@ def selective_scan_bwd(
     grad_out = grad_out.contiguous()
     if grad_last_state is not None:
         grad_last_state = grad_last_state.to(torch.float32).contiguous()
+    if _uses_step_kernels(num_states, local_window):
+        return _selective_scan_bwd_step(grad_out, grad_last_state, u, delta, A, B, C, D, z, delta_bias,
+                                        delta_softplus, reverse, config)
     if config is None:
         config = default_config('bwd', num_states, length, per_group)
     block_d, block_n, block_l, chunk = _resolve(config, num_states, local_window, length)
