@@ -63,7 +63,6 @@ def test_reverse_equals_flipped_scan():
 
 def test_low_precision_inputs_accumulate_in_fp32():
     x = make_inputs(2, 8, 200, 4, 2, dtype=torch.float32)
-    out32 = selective_scan_ref(**x, delta_softplus=True)
     xb = {k: (v.bfloat16() if k in ('u', 'delta', 'B', 'C', 'z') else v) for k, v in x.items()}
     out_bf = selective_scan_ref(**xb, delta_softplus=True)
     assert out_bf.dtype == torch.bfloat16

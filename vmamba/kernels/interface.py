@@ -38,10 +38,6 @@ def _empty_like_absent(ref: Tensor) -> Tensor:
     return ref.new_empty((0,))
 
 
-def _present(t: Optional[Tensor]) -> Optional[Tensor]:
-    return t if t is not None and t.numel() > 0 else None
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Custom ops: forward and backward. Optional inputs travel as Optional[Tensor]; absent gradients as empty tensors.
 
