@@ -1,5 +1,6 @@
 """tools/train.py and tools/validate.py on CPU: learning on the embedded digits data, exact resume, torchrun DDP,
 validate reproducing the logged accuracy, clear errors."""
+import math
 import csv
 import os
 import subprocess
@@ -134,13 +135,16 @@ def test_cli_error_exit_code(tmp_path):
 
 
 def test_recipe_features_run(tmp_path):
-    # AMP bf16, grad checkpointing, channels-last, EMA, Mixup/CutMix, layer decay, clipping: two steps
+    # AMP bf16, grad checkpointing, channels-last, EMA, Mixup/CutMix, layer decay, clipping: two steps.
+    # 32x32 images: at 16x16 the last downsample conv sees a 1x1 map, and PyTorch's CPU bf16 Conv2d backward
+    # (3x3, stride 2, padding 1, 1x1 input; torch 2.14) returns garbage weight gradients on the padding-only taps.
     result = train.main(TINY_TRAIN_ARGS + [
-        '--epochs', '1', '--steps-per-epoch', '2', '--amp', '--amp-dtype', 'bfloat16', '--grad-checkpointing',
+        '--img-size', '32', '--epochs', '1', '--steps-per-epoch', '2', '--amp', '--amp-dtype', 'bfloat16', '--grad-checkpointing',
         '--channels-last', '--model-ema', '--model-ema-decay', '0.9', '--mixup', '0.8', '--cutmix', '1.0',
         '--layer-decay', '0.75', '--clip-grad', '1.0', '--drop-path', '0.1', '--output', str(tmp_path)])
     record = result['history'][0]
     assert record['train_images'] == 64 and 'ema_top1' in record
+    assert math.isfinite(record['val_loss']) and math.isfinite(record['ema_val_loss'])
     state = torch.load(tmp_path / 'last.pth', weights_only=True)
     assert state['model_ema'] is not None
     assert len({g['lr_scale'] for g in state['optimizer']['param_groups']}) > 1  # layer-wise lr decay groups
