@@ -368,8 +368,8 @@ def test_bad_inputs_raise_clear_errors():
         model(torch.randn(3, 32, 32))
     with pytest.raises(ValueError, match=r'got \(1, 4, 32, 32\)'):
         model(torch.randn(1, 4, 32, 32))
-    with pytest.raises(ValueError, match='SS2D expects an NCHW map with 24 channels'):
-        model.stages[0].blocks[0].mixer(torch.randn(1, 12, 8, 8))
+    with pytest.raises(ValueError, match=r'SS2D \(channel_first=False\) expects an NHWC map with 24 channels'):
+        model.stages[0].blocks[0].mixer(torch.randn(1, 24, 8, 8))  # blocks run channels-last
     with pytest.raises(TypeError, match='not_an_arg'):
         timm.create_model('test_vmamba', not_an_arg=1)
     with pytest.raises(ValueError, match='stem_type'):

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ['LayerNorm2dFp32']
+__all__ = ['LayerNorm2dFp32', 'LayerNormFp32']
 
 
 class LayerNorm2dFp32(nn.LayerNorm):
@@ -27,3 +27,16 @@ class LayerNorm2dFp32(nn.LayerNorm):
         x = x.to(compute_dtype).permute(0, 2, 3, 1)
         x = F.layer_norm(x, self.normalized_shape, weight, bias, self.eps)
         return x.permute(0, 3, 1, 2)
+
+
+class LayerNormFp32(nn.LayerNorm):
+    """LayerNorm over the last dim, computed in at least fp32 and *not* cast back (see :class:`LayerNorm2dFp32`).
+
+    (..., C) any float dtype -> (..., C) in fp32 (fp64 for fp64 input).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        compute_dtype = torch.promote_types(x.dtype, torch.float32)
+        weight = self.weight.to(compute_dtype) if self.weight is not None else None
+        bias = self.bias.to(compute_dtype) if self.bias is not None else None
+        return F.layer_norm(x.to(compute_dtype), self.normalized_shape, weight, bias, self.eps)

@@ -1,15 +1,21 @@
 """SS2D: the 2-D selective-scan token mixer of VMamba.
 
-Data flow for an NCHW input ``x`` of shape (B, C, H, W), with ``D = int(ssm_ratio * C)`` scan channels,
+Data flow for an NCHW input ``x`` of shape (B, C, H, W) (or an NHWC ``x`` of shape (B, H, W, C) when built with
+``channel_first=False``), with ``D = int(ssm_ratio * C)`` scan channels,
 ``N = d_state``, ``R = dt_rank`` and ``K = scan pattern routes``::
 
     in_proj (1x1, C -> D, or C -> 2D split into x | z when gated)
     -> depthwise conv d_conv x d_conv -> act
-    -> scan pattern: (B, D, H, W) -> K routes (B, K, D, L)
+    -> scan pattern: (B, D, H, W) -> K routes (B, K, D, L)   (channels-last: gather_routes from (B, H*W, D))
     -> per-route x_proj (K, R + 2N, D): dt_low (R), B (N), C (N)          (B/C shared by the D channels of a route)
     -> per-route dt_proj (K, D, R): delta (B, K, D, L)
     -> selective_scan over K * D channels, groups = routes, reverse = routes.reverse, fp32 output
     -> pattern merge back to (B, D, H, W) -> out_norm (fp32 LayerNorm) -> [* act(z)] -> out_proj (1x1, D -> C)
+       (channels-last: merge_routes to (B, H*W, D), LayerNorm over the last dim, nn.Linear projections)
+
+Channels-last (``channel_first=False``, the official ``channel_first`` flag) keeps every tensor of the block in one
+layout: the norms and projections run on contiguous (B, H, W, C) tensors and the only layout changes are the
+route gather / merge kernels around the scan. Same parameters and names in both layouts.
 
 The released VMamba v2 models ("v05_noz") are ``gated=False, d_state=1, conv_bias=False``; the v0 ("Vanilla")
 models are ``gated=True, d_state=16, conv_bias=True, fp32_scan_inputs=True``. Route ``k`` owns scan channels
@@ -28,10 +34,10 @@ import torch.nn.functional as F
 from torch import nn
 from timm.layers import get_act_layer, register_notrace_module, trunc_normal_
 
-from vmamba.kernels import selective_scan
-from vmamba.scans import ScanPattern, get_scan_pattern
+from vmamba.kernels import gather_routes, merge_routes, selective_scan
+from vmamba.scans import ScanPattern, ScanRoutes, get_scan_pattern
 
-from .norm import LayerNorm2dFp32
+from .norm import LayerNorm2dFp32, LayerNormFp32
 
 __all__ = ['SS2D', 'Linear2d', 'resolve_dt_rank']
 
@@ -81,6 +87,7 @@ class SS2D(nn.Module):
         proj_drop: dropout after out_proj.
         dt_min, dt_max, dt_init_floor: range of the initial softplus(dt_bias).
         norm_eps: eps of out_norm.
+        channel_first: NCHW input / output (default); False: NHWC (B, H, W, C), the channels-last block layout.
     """
 
     def __init__(
@@ -100,6 +107,7 @@ class SS2D(nn.Module):
             dt_max: float = 0.1,
             dt_init_floor: float = 1e-4,
             norm_eps: float = 1e-5,
+            channel_first: bool = True,
             device=None,
             dtype=None,
     ):
@@ -121,11 +129,13 @@ class SS2D(nn.Module):
         self.num_routes = self.scan_pattern.num_routes
         self.gated = gated
         self.fp32_scan_inputs = fp32_scan_inputs
+        self.channel_first = channel_first
         self.dt_min, self.dt_max, self.dt_init_floor = dt_min, dt_max, dt_init_floor
         act_layer = get_act_layer(act_layer)
 
         K, D, N, R = self.num_routes, self.d_inner, self.d_state, self.dt_rank
-        self.in_proj = Linear2d(dim, 2 * D if gated else D, bias=False, **dd)
+        linear = Linear2d if channel_first else nn.Linear
+        self.in_proj = linear(dim, 2 * D if gated else D, bias=False, **dd)
         self.conv = nn.Conv2d(D, D, d_conv, padding=(d_conv - 1) // 2, groups=D, bias=conv_bias, **dd)
         self.act = act_layer()
         # Per-route projections of the scanned sequence to [dt_low (R), B (N), C (N)] and of dt_low to D deltas.
@@ -135,14 +145,14 @@ class SS2D(nn.Module):
         # Direction-major scan channels: row k * D + d belongs to route k.
         self.A_log = nn.Parameter(torch.empty(K * D, N, **dd))
         self.D = nn.Parameter(torch.empty(K * D, **dd))
-        self.out_norm = LayerNorm2dFp32(D, eps=norm_eps, **dd)
-        self.out_proj = Linear2d(D, dim, bias=False, **dd)
+        self.out_norm = (LayerNorm2dFp32 if channel_first else LayerNormFp32)(D, eps=norm_eps, **dd)
+        self.out_proj = linear(D, dim, bias=False, **dd)
         self.proj_drop = nn.Dropout(proj_drop) if proj_drop > 0 else nn.Identity()
         self.init_weights()
 
     def extra_repr(self) -> str:
         return (f'dim={self.dim}, d_inner={self.d_inner}, d_state={self.d_state}, dt_rank={self.dt_rank}, '
-                f'routes={self.num_routes}, gated={self.gated}')
+                f'routes={self.num_routes}, gated={self.gated}, channel_first={self.channel_first}')
 
     @torch.no_grad()
     def init_weights(self) -> None:
@@ -166,11 +176,9 @@ class SS2D(nn.Module):
         self.A_log.copy_(torch.log(A))
         self.D.fill_(1.0)
 
-    def _scan(self, u: torch.Tensor) -> torch.Tensor:
-        """Selective scan over the routes of ``u`` (B, D, H, W) -> merged (B, D, H, W) in fp32 (fp64 for fp64)."""
-        batch, _, height, width = u.shape
-        xs, routes = self.scan_pattern.scan(u)  # (B, K, D, L)
-        length = xs.shape[-1]
+    def _scan_routes(self, xs: torch.Tensor, routes: ScanRoutes) -> torch.Tensor:
+        """Selective scan of the routes ``xs`` (B, K, D, L) -> (B, K, D, L) in fp32 (fp64 for fp64)."""
+        batch, _, _, length = xs.shape
         K, D, N, R = self.num_routes, self.d_inner, self.d_state, self.dt_rank
 
         x_dbl = torch.einsum('bkdl,kcd->bkcl', xs, self.x_proj_weight.to(xs.dtype))
@@ -193,10 +201,32 @@ class SS2D(nn.Module):
             local_window=routes.local_window,
             out_dtype=param_dtype,
         )
-        return self.scan_pattern.merge(ys.view(batch, K, D, length), routes, height, width)
+        return ys.view(batch, K, D, length)
+
+    def _scan(self, u: torch.Tensor) -> torch.Tensor:
+        """Selective scan over the routes of ``u`` (B, D, H, W) -> merged (B, D, H, W) in fp32 (fp64 for fp64)."""
+        height, width = u.shape[-2:]
+        xs, routes = self.scan_pattern.scan(u)  # (B, K, D, L)
+        return self.scan_pattern.merge(self._scan_routes(xs, routes), routes, height, width)
+
+    def _scan_channels_last(self, u: torch.Tensor) -> torch.Tensor:
+        """Selective scan over the routes of ``u`` (B, H, W, D) -> merged (B, H, W, D) in fp32 (fp64 for fp64)."""
+        batch, height, width, channels = u.shape
+        routes = self.scan_pattern.routes(height, width, u.device)
+        padded_h, padded_w = routes.padded_hw
+        if (padded_h, padded_w) != (height, width):
+            u = F.pad(u, (0, 0, 0, padded_w - width, 0, padded_h - height))
+        xs = gather_routes(u.reshape(batch, padded_h * padded_w, channels), routes.index, routes.inverse)
+        ys = self._scan_routes(xs, routes)
+        merged = merge_routes(ys, routes.index, routes.inverse).view(batch, padded_h, padded_w, channels)
+        if (padded_h, padded_w) != (height, width):
+            merged = merged[:, :height, :width]
+        return merged
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) -> (B, C, H, W)."""
+        """(B, C, H, W) -> (B, C, H, W); with ``channel_first=False`` (B, H, W, C) -> (B, H, W, C)."""
+        if not self.channel_first:
+            return self._forward_channels_last(x)
         if x.ndim != 4 or x.shape[1] != self.dim:
             raise ValueError(f'SS2D expects an NCHW map with {self.dim} channels, got shape {tuple(x.shape)}')
         u = self.in_proj(x)
@@ -205,6 +235,21 @@ class SS2D(nn.Module):
             u, z = u.chunk(2, dim=1)
         u = self.act(self.conv(u))
         y = self.out_norm(self._scan(u)).to(x.dtype)
+        if z is not None:
+            y = y * self.act(z)
+        return self.proj_drop(self.out_proj(y))
+
+    def _forward_channels_last(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4 or x.shape[3] != self.dim:
+            raise ValueError(f'SS2D (channel_first=False) expects an NHWC map with {self.dim} channels, '
+                             f'got shape {tuple(x.shape)}')
+        u = self.in_proj(x)
+        z: Optional[torch.Tensor] = None
+        if self.gated:
+            u, z = u.chunk(2, dim=3)
+        # The depthwise conv runs on the NCHW view of the NHWC tensor (a channels-last convolution, no copy).
+        u = self.act(self.conv(u.permute(0, 3, 1, 2))).permute(0, 2, 3, 1)
+        y = self.out_norm(self._scan_channels_last(u)).to(x.dtype)
         if z is not None:
             y = y * self.act(z)
         return self.proj_drop(self.out_proj(y))

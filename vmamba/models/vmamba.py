@@ -25,9 +25,12 @@ Name clash note: the six v2 names are the same as the timm names registered by t
 ``vmamba.py`` (which also registers ``vanilla_vmamba_*``); importing both in one process makes timm warn about
 overwritten entrypoints, and the one imported last wins. Our v0 models are ``vmamba_*_v0``.
 
-Architecture (NCHW throughout; the official "ln2d" layout):
-stem -> 4 stages (stage i > 0 starts with a stride-2 downsample) -> LayerNorm -> avg pool -> fc.
+Architecture: stem -> 4 stages (stage i > 0 starts with a stride-2 downsample) -> LayerNorm -> avg pool -> fc.
 A block is ``x + drop_path(SS2D(norm1(x)))`` then, if ``mlp_ratio > 0``, ``x + drop_path(mlp(norm2(x)))``.
+Layout: the model's inputs, stage outputs and features are NCHW; inside a stage the blocks run channels-last on
+(B, H, W, C) tensors (the official ``channel_first=False`` layout: native LayerNorms and linears, one memory layout
+per block, the scan reads and writes it through the route gather / merge kernels). The stage's NCHW output is a
+view of the channels-last memory (``channels_last`` memory format), so no copies are made between stages.
 v2 models: overlapping conv stem (two 3x3 stride-2 convs), 3x3 stride-2 conv downsample, ungated SS2D with
 d_state 1, MLP ratio 4. v0 models: 4x4 patch stem, Swin patch merging, gated SS2D with d_state 16, no MLP.
 Features (``features_only`` / ``forward_intermediates``) are the stage outputs before the next downsample, the tap
@@ -43,7 +46,7 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Type, Union
 import torch
 from torch import nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, LayerNorm2d, get_act_layer
+from timm.layers import DropPath, LayerNorm, LayerNorm2d, Mlp, get_act_layer
 from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 
 from vmamba.layers.patch import PatchMerging, PatchStem
@@ -97,27 +100,10 @@ class ConvDownsample(nn.Module):
         return self.norm(self.conv(x))
 
 
-class Mlp2d(nn.Module):
-    """Channel MLP on NCHW maps with 2-D weights (1x1 convs): fc1 -> act -> drop -> fc2 -> drop."""
-
-    def __init__(self, dim: int, hidden_dim: int, act_layer: Type[nn.Module] = nn.GELU, drop: float = 0.,
-                 device=None, dtype=None):
-        dd = {'device': device, 'dtype': dtype}
-        super().__init__()
-        self.fc1 = Linear2d(dim, hidden_dim, **dd)
-        self.act = act_layer()
-        self.drop1 = nn.Dropout(drop) if drop > 0 else nn.Identity()
-        self.fc2 = Linear2d(hidden_dim, dim, **dd)
-        self.drop2 = nn.Dropout(drop) if drop > 0 else nn.Identity()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))
-
-
 class VMambaBlock(nn.Module):
     """VSS block: ``x + drop_path(mixer(norm1(x)))`` and, if ``mlp_ratio > 0``, ``x + drop_path(mlp(norm2(x)))``.
 
-    (B, C, H, W) -> (B, C, H, W). ``ssm_kwargs`` go to :class:`~vmamba.layers.ss2d.SS2D`.
+    Channels-last: (B, H, W, C) -> (B, H, W, C). ``ssm_kwargs`` go to :class:`~vmamba.layers.ss2d.SS2D`.
     """
 
     def __init__(
@@ -134,12 +120,12 @@ class VMambaBlock(nn.Module):
     ):
         dd = {'device': device, 'dtype': dtype}
         super().__init__()
-        self.norm1 = LayerNorm2d(dim, eps=norm_eps, **dd)
-        self.mixer = SS2D(dim, norm_eps=norm_eps, **(ssm_kwargs or {}), **dd)
+        self.norm1 = LayerNorm(dim, eps=norm_eps, **dd)
+        self.mixer = SS2D(dim, norm_eps=norm_eps, channel_first=False, **(ssm_kwargs or {}), **dd)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         if mlp_ratio > 0:
-            self.norm2 = LayerNorm2d(dim, eps=norm_eps, **dd)
-            self.mlp = Mlp2d(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=mlp_drop, **dd)
+            self.norm2 = LayerNorm(dim, eps=norm_eps, **dd)
+            self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=mlp_drop, **dd)
         else:
             self.norm2 = None
             self.mlp = None
@@ -152,7 +138,11 @@ class VMambaBlock(nn.Module):
 
 
 class VMambaStage(nn.Module):
-    """Optional stride-2 downsample (``'conv'`` or ``'patch_merging'``; ``''`` = none) followed by ``depth`` blocks."""
+    """Optional stride-2 downsample (``'conv'`` or ``'patch_merging'``; ``''`` = none) followed by ``depth`` blocks.
+
+    (B, C, H, W) -> (B, C_out, H', W'); the blocks run on the channels-last view (B, H', W', C_out) and the output is
+    its NCHW view (no copy).
+    """
 
     def __init__(
             self,
@@ -186,12 +176,12 @@ class VMambaStage(nn.Module):
         ])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.downsample(x)
+        x = self.downsample(x).permute(0, 2, 3, 1)
         if self.grad_checkpointing and not torch.jit.is_scripting():
             x = checkpoint_seq(self.blocks, x)
         else:
             x = self.blocks(x)
-        return x
+        return x.permute(0, 3, 1, 2)
 
 
 class VMamba(HierarchicalMixin, nn.Module):
@@ -420,7 +410,7 @@ def build_from_official_kwargs(official_kwargs: Mapping[str, Any]) -> VMamba:
     """Build :class:`VMamba` from the kwargs of the official ``VSSM`` constructor.
 
     Supports the released configurations: ``forward_type`` in ``v0 / v05 / v05_noz / v3_noz``, ``norm_layer``
-    ``ln`` / ``ln2d`` (same math, we always run NCHW), ``patchembed_version`` ``v1`` / ``v2`` and
+    ``ln`` / ``ln2d`` (same math; our blocks always run channels-last), ``patchembed_version`` ``v1`` / ``v2`` and
     ``downsample_version`` ``v1`` / ``v3``. Raises ``ValueError`` naming unknown kwargs or unsupported values.
     """
     unknown = sorted(set(official_kwargs) - set(_OFFICIAL_DEFAULTS))

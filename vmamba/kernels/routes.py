@@ -1,0 +1,133 @@
+"""Route gather / merge between token-major maps and the scan's route layout, as autograd custom ops.
+
+* :func:`gather_routes`: tokens ``(batch, P, C)`` -> routes ``(batch, K, C, L)``, ``routes[b, k, c, l] =
+  tokens[b, index[k, l], c]``.
+* :func:`merge_routes`: routes ``(batch, K, C, L)`` -> tokens ``(batch, P, C)``, the sum over all visits of each
+  position (``inverse`` lists them as flat ``k * L + l`` indices).
+
+The two are adjoint (the backward of one is the other), so neither direction needs atomics. ``index`` / ``inverse``
+are the :class:`vmamba.scans.ScanRoutes` of a pattern. CUDA tensors run the Triton kernels of ``triton/routes.py``;
+other devices (and ``VMAMBA_SCAN_BACKEND=reference``) run the PyTorch functions below, which are also the tests'
+reference. The merge accumulates in fp32 on the Triton path and returns the routes' dtype.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .interface import scan_backend
+
+__all__ = ['gather_routes', 'merge_routes', 'gather_routes_ref', 'merge_routes_ref']
+
+
+def gather_routes_ref(tokens: Tensor, index: Tensor) -> Tensor:
+    """(batch, P, C), (K, L) positions -> (batch, K, C, L) contiguous."""
+    batch, _, channels = tokens.shape
+    num_routes, length = index.shape
+    routes = tokens.index_select(1, index.reshape(-1)).view(batch, num_routes, length, channels)
+    return routes.permute(0, 1, 3, 2).contiguous()
+
+
+def merge_routes_ref(routes: Tensor, inverse: Tensor) -> Tensor:
+    """(batch, K, C, L), (M, P) flat visits -> (batch, P, C): for every position the sum of its M visits."""
+    batch, num_routes, channels, length = routes.shape
+    flat = routes.permute(0, 1, 3, 2).reshape(batch, num_routes * length, channels)
+    out = flat.index_select(1, inverse[0])
+    for visit in inverse[1:]:
+        out = out + flat.index_select(1, visit)
+    return out
+
+
+@torch.library.custom_op('vmamba::gather_routes', mutates_args=())
+def _gather_routes_op(tokens: Tensor, index: Tensor, inverse: Tensor) -> Tensor:
+    if scan_backend(tokens.device) == 'triton':
+        from .triton.routes import gather_routes_triton
+        return gather_routes_triton(tokens, index)
+    return gather_routes_ref(tokens, index)
+
+
+@_gather_routes_op.register_fake
+def _gather_routes_fake(tokens, index, inverse):
+    return tokens.new_empty((tokens.shape[0], index.shape[0], tokens.shape[2], index.shape[1]))
+
+
+@torch.library.custom_op('vmamba::merge_routes', mutates_args=())
+def _merge_routes_op(routes: Tensor, index: Tensor, inverse: Tensor) -> Tensor:
+    if scan_backend(routes.device) == 'triton':
+        from .triton.routes import merge_routes_triton
+        return merge_routes_triton(routes, inverse)
+    return merge_routes_ref(routes, inverse)
+
+
+@_merge_routes_op.register_fake
+def _merge_routes_fake(routes, index, inverse):
+    return routes.new_empty((routes.shape[0], inverse.shape[1], routes.shape[2]))
+
+
+def _save_maps(ctx, inputs, output):
+    _, index, inverse = inputs
+    ctx.save_for_backward(index, inverse)
+
+
+def _gather_backward(ctx, grad):
+    index, inverse = ctx.saved_tensors
+    return _merge_routes_op(grad.contiguous(), index, inverse), None, None
+
+
+def _merge_backward(ctx, grad):
+    index, inverse = ctx.saved_tensors
+    return _gather_routes_op(_channel_contiguous(grad), index, inverse), None, None
+
+
+_gather_routes_op.register_autograd(_gather_backward, setup_context=_save_maps)
+_merge_routes_op.register_autograd(_merge_backward, setup_context=_save_maps)
+
+
+def _channel_contiguous(tokens: Tensor) -> Tensor:
+    return tokens if tokens.stride(-1) == 1 else tokens.contiguous()
+
+
+def _check_maps(index: Tensor, inverse: Tensor, device: torch.device, num_positions: int) -> None:
+    if index.ndim != 2 or inverse.ndim != 2:
+        raise ValueError(f'index must be (K, L) and inverse (M, P), got {tuple(index.shape)} and '
+                         f'{tuple(inverse.shape)}')
+    for name, t in (('index', index), ('inverse', inverse)):
+        if t.dtype != torch.int64:
+            raise TypeError(f'{name} must be int64, got {t.dtype}')
+        if t.device != device:
+            raise ValueError(f'{name} is on {t.device} but the data is on {device}')
+    if inverse.shape[1] != num_positions or inverse.numel() != index.numel():
+        raise ValueError(f'inverse {tuple(inverse.shape)} does not match index {tuple(index.shape)} over '
+                         f'{num_positions} positions')
+
+
+def gather_routes(tokens: Tensor, index: Tensor, inverse: Tensor) -> Tensor:
+    """Token-major map -> scan routes.
+
+    Args:
+        tokens: (batch, P, C) float; any batch / position strides (channels are made contiguous if needed).
+        index: (K, L) int64, the position visited at step l of route k.
+        inverse: (M, P) int64, the flat visits ``k * L + l`` of every position (used by the backward).
+    Returns:
+        (batch, K, C, L) contiguous, in the dtype of ``tokens``.
+    """
+    if tokens.ndim != 3:
+        raise ValueError(f'gather_routes expects (batch, positions, channels) tokens, got shape {tuple(tokens.shape)}')
+    _check_maps(index, inverse, tokens.device, tokens.shape[1])
+    return _gather_routes_op(_channel_contiguous(tokens), index, inverse)
+
+
+def merge_routes(routes: Tensor, index: Tensor, inverse: Tensor) -> Tensor:
+    """Scan routes -> token-major map: the sum of all visits of each position.
+
+    Args:
+        routes: (batch, K, C, L) float.
+        index, inverse: as for :func:`gather_routes`.
+    Returns:
+        (batch, P, C) contiguous, in the dtype of ``routes``.
+    """
+    if routes.ndim != 4 or routes.shape[1] != index.shape[0] or routes.shape[3] != index.shape[1]:
+        raise ValueError(f'merge_routes expects routes of shape (batch, {index.shape[0]}, C, {index.shape[1]}), '
+                         f'got {tuple(routes.shape)}')
+    _check_maps(index, inverse, routes.device, inverse.shape[1])
+    return _merge_routes_op(routes.contiguous(), index, inverse)
