@@ -225,6 +225,26 @@ def test_ss2d_matches_per_route_loop(height, width, gated, d_state, conv_bias):
         torch.testing.assert_close(m.float()(x.float()), expected.float(), atol=2e-5, rtol=2e-5)
 
 
+@pytest.mark.parametrize('scan,gated,d_state', [('cross', False, 1), ('cross', True, 4), ('atrous', True, 4),
+                                               ('bidirectional', False, 1), ('local_bidirectional', False, 2)])
+def test_ss2d_channels_last_matches_channel_first(scan, gated, d_state):
+    """Same weights, NHWC (route gather/merge kernels, nn.Linear, last-dim LayerNorm) vs NCHW path: outputs and the
+    gradients of the input and of every parameter, odd 5x7 map (padding for atrous)."""
+    torch.manual_seed(0)
+    nchw = SS2D(12, d_state=d_state, gated=gated, scan=scan, dtype=torch.float64)
+    _perturb_(nchw)
+    nhwc = SS2D(12, d_state=d_state, gated=gated, scan=scan, channel_first=False, dtype=torch.float64)
+    nhwc.load_state_dict(nchw.state_dict())
+    x = torch.randn(2, 12, 5, 7, dtype=torch.float64, requires_grad=True)
+    y_nchw = nchw(x)
+    y_nhwc = nhwc(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+    torch.testing.assert_close(y_nhwc, y_nchw, rtol=1e-12, atol=1e-12)
+    grads_nchw = torch.autograd.grad(y_nchw.square().sum(), [x, *nchw.parameters()])
+    grads_nhwc = torch.autograd.grad(y_nhwc.square().sum(), [x, *nhwc.parameters()])
+    for name, a, b in zip(['x'] + [n for n, _ in nchw.named_parameters()], grads_nhwc, grads_nchw):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=name)
+
+
 def test_ss2d_parameter_layout_and_init():
     m = SS2D(32, d_state=4, ssm_ratio=2.0)
     K, D, N, R = 4, 64, 4, 2

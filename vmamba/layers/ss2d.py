@@ -181,9 +181,11 @@ class SS2D(nn.Module):
         batch, _, _, length = xs.shape
         K, D, N, R = self.num_routes, self.d_inner, self.d_state, self.dt_rank
 
-        x_dbl = torch.einsum('bkdl,kcd->bkcl', xs, self.x_proj_weight.to(xs.dtype))
+        # Batched matmuls over (batch, route) that read xs and write x_dbl / delta in place: (B, K, *, L) layouts, no
+        # permuted copies (einsum would copy xs to (K, B, L, D) and return a permuted delta).
+        x_dbl = torch.matmul(self.x_proj_weight.to(xs.dtype), xs)  # (K, R+2N, D) @ (B, K, D, L) -> (B, K, R+2N, L)
         dt_low, B, C = torch.split(x_dbl, [R, N, N], dim=2)
-        delta = torch.einsum('bkrl,kdr->bkdl', dt_low, self.dt_proj_weight.to(xs.dtype))
+        delta = torch.matmul(self.dt_proj_weight.to(xs.dtype), dt_low)  # (K, D, R) @ (B, K, R, L) -> (B, K, D, L)
 
         scan_dtype = torch.float32 if self.fp32_scan_inputs and xs.dtype in (torch.float16, torch.bfloat16) \
             else xs.dtype
