@@ -1,21 +1,36 @@
 #!/usr/bin/env bash
-# One GPU session on the device machine (H100): GPU tests, Triton-vs-reference model check, model throughput vs
-# timm peers. Run from the repo root; results go to $OUT (default benchmarks/results/gpu).
-#   PART=check  : GPU-marked tests + benchmarks/check_models_gpu.py
-#   PART=bench  : tools/benchmark.py, batch 128, 224x224, AMP fp16, 50 warm-up + 30 timed iterations
-# The device image has an older timm: put timm 1.0.31 (and pytest) on PYTHONPATH from .gpu_deps/ if present.
+# One GPU session on the device machine (H100), run from the repo root; results go to $OUT.
+#   PARTS    : any of "tests check bench baseline" (default "tests check bench"), run in that order; a failing
+#              part does not stop the others.
+#   tests    : GPU-marked tests in $TESTS (default: tests/kernels tests/models).
+#   check    : benchmarks/check_models_gpu.py (Triton path vs reference path) on $CHECK_MODELS (default: its list).
+#   bench    : tools/benchmark.py on $MODELS next to $PEERS, batch 128, 224x224, AMP fp16, 50 warm-up + 30 timed.
+#   baseline : the same benchmark of $BASELINE_MODELS from an older checkout in $BASELINE_TREE (made with
+#              `git archive <commit> vmamba tools | tar -x -C <dir>`), in the same run, so old and new are comparable.
+# The device image has an older timm: timm 1.0.31 (and pytest) go on PYTHONPATH from .gpu_deps/ if present.
 set -uo pipefail
+ROOT=$PWD
 OUT=${OUT:-benchmarks/results/gpu}
-PART=${PART:-check}
-mkdir -p "$OUT"
-export PYTHONPATH="$PWD/.gpu_deps:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+PARTS=${PARTS:-tests check bench}
+TESTS=${TESTS:-tests/kernels tests/models}
+MODELS=${MODELS:-vmamba_tiny_s1l8,vmamba_small_s2l15,vim_tiny_patch16_224,vim_small_patch16_224,efficientvmamba_tiny,efficientvmamba_small,efficientvmamba_base,lbvim_tiny_patch16_224}
+PEERS=${PEERS:-convnext_tiny,deit_small_patch16_224,mambaout_tiny,mambaout_femto}
+BENCH_ARGS=${BENCH_ARGS:-"--amp --amp-dtype float16 -b 128 --warmup 50 --iters 30"}
+mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd)
+export PYTHONPATH="$ROOT/.gpu_deps:$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 python -c "import torch, triton, timm; print('torch', torch.__version__, 'triton', triton.__version__, 'timm', timm.__version__)"
-if [ "$PART" = check ]; then
-  python -m pytest tests/kernels tests/models -m gpu -q -p no:cacheprovider 2>&1 | tail -15
-  python benchmarks/check_models_gpu.py --json "$OUT/check_models.json" 2>&1 | tail -12
-else
-  MODELS=${MODELS:-vmamba_tiny_s1l8,vmamba_small_s2l15,vmamba_base_s2l15,vim_tiny_patch16_224,vim_small_patch16_224,efficientvmamba_tiny,efficientvmamba_small,efficientvmamba_base,lbvim_tiny_patch16_224}
-  python tools/benchmark.py --models "$MODELS" --amp --amp-dtype float16 -b 128 --warmup 50 --iters 30 \
-      --out "$OUT/models" 2>&1 | tail -45
-fi
+for part in $PARTS; do
+  echo "== $part"
+  case $part in
+    tests) timeout 200 python -m pytest $TESTS -m gpu -q -p no:cacheprovider 2>&1 | tail -12 ;;
+    check) timeout 200 python benchmarks/check_models_gpu.py ${CHECK_MODELS:+--models ${CHECK_MODELS//,/ }} \
+             --json "$OUT/check_models.json" 2>&1 | tail -12 ;;
+    bench) timeout 360 python tools/benchmark.py --models "$MODELS" --peers "$PEERS" $BENCH_ARGS \
+             --out "$OUT/models" 2>&1 | grep -v Warning | tail -30 ;;
+    baseline) (cd "$BASELINE_TREE" && PYTHONPATH="$ROOT/.gpu_deps:$PWD" timeout 200 python tools/benchmark.py \
+             --models "$BASELINE_MODELS" --no-peers --no-flops $BENCH_ARGS --out "$OUT/baseline" 2>&1 \
+             | grep -v Warning | tail -12) ;;
+    *) echo "unknown part $part" ;;
+  esac
+done
