@@ -95,7 +95,7 @@ def family_of(arch: str) -> str:
 
 
 def measured_throughput(arch: str, results_dir: Path = RESULTS_DIR) -> List[Dict[str, Any]]:
-    """Rows for ``arch`` from every benchmark JSON (GPU runs first)."""
+    """Rows for ``arch`` from every benchmark JSON (GPU runs first), except reports that list it as superseded."""
     rows = []
     for path in sorted(results_dir.glob('*.json')):
         try:
@@ -104,8 +104,10 @@ def measured_throughput(arch: str, results_dir: Path = RESULTS_DIR) -> List[Dict
             continue
         if not isinstance(report, dict) or 'results' not in report:
             continue
+        superseded = report.get('superseded', {}).get('models', ())  # re-measured after a code change elsewhere
         for r in report['results']:
-            if r.get('model') == arch and not r.get('error') and (r.get('infer_img_s') or r.get('train_img_s')):
+            if r.get('model') == arch and arch not in superseded and not r.get('error') and (
+                    r.get('infer_img_s') or r.get('train_img_s')):
                 rows.append(dict(r, device=report.get('device'), device_type=report.get('device_type'),
                                  date=report.get('date'), precision=report.get('precision'),
                                  file=path.name))

@@ -39,3 +39,15 @@ def test_card_content():
     assert re.search(r'\*\*FLOPs:\*\* 4\.906 G', text)
     assert "timm.create_model('vmamba_tiny_s1l8.in1k', pretrained=True)" in text
     assert '@article{liu2024vmamba' in text
+
+
+def test_superseded_rows_are_skipped(tmp_path):
+    import json
+    row = dict(model='vmamba_tiny_s1l8', infer_img_s=100.0, train_img_s=10.0, input_size=[3, 224, 224], batch_size=8)
+    old = dict(device='gpu', device_type='cuda', date='d1', precision='amp', results=[row],
+               superseded=dict(models=['vmamba_tiny_s1l8'], by='new.json'))
+    new = dict(device='gpu', device_type='cuda', date='d2', precision='amp', results=[dict(row, infer_img_s=200.0)])
+    (tmp_path / 'old.json').write_text(json.dumps(old))
+    (tmp_path / 'new.json').write_text(json.dumps(new))
+    rows = cards.measured_throughput('vmamba_tiny_s1l8', tmp_path)
+    assert [(r['file'], r['infer_img_s']) for r in rows] == [('new.json', 200.0)]
