@@ -13,11 +13,12 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 from timm.layers import ClassifierHead, LayerNorm2d, get_device_dtype, register_notrace_function, trunc_normal_
+from timm.models import checkpoint_seq
 from timm.models._features import feature_take_indices
 
 from vmamba.layers.ss2d import SS2D
 
-__all__ = ['HierarchicalMixin', 'check_image_batch', 'resolve_stage_dims', 'hierarchical_feature_cfg']
+__all__ = ['HierarchicalMixin', 'HierarchicalStage', 'check_image_batch', 'resolve_stage_dims', 'hierarchical_feature_cfg']
 
 
 @register_notrace_function  # a call_function node in torch.fx graphs (autowrap skips names starting with "_")
@@ -47,6 +48,34 @@ def hierarchical_feature_cfg(feature_norms: bool) -> Dict[str, Any]:
         # the per-output norms live in forward_intermediates: use the getter wrapper with norm=True
         return dict(out_indices=(0, 1, 2, 3), feature_cls='getter', norm=True)
     return dict(out_indices=(0, 1, 2, 3), flatten_sequential=True)
+
+
+class HierarchicalStage(nn.Module):
+    """A stage: ``downsample`` (or ``nn.Identity``) followed by ``blocks``, with a ``grad_checkpointing`` flag.
+
+    (B, C, H, W) -> (B, C_out, H', W'). With ``channels_last_blocks`` the blocks take and return (B, H, W, C): they
+    run on the channels-last view of the downsampled map and the stage returns the NCHW view of their output (no
+    copies; the NCHW tensor has the ``channels_last`` memory format).
+    """
+
+    def __init__(self, downsample: nn.Module, blocks: Sequence[nn.Module], channels_last_blocks: bool = False):
+        super().__init__()
+        self.grad_checkpointing = False
+        self.channels_last_blocks = channels_last_blocks
+        self.downsample = downsample
+        self.blocks = nn.Sequential(*blocks)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.downsample(x)
+        if self.channels_last_blocks:
+            x = x.permute(0, 2, 3, 1)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            x = checkpoint_seq(self.blocks, x)
+        else:
+            x = self.blocks(x)
+        if self.channels_last_blocks:
+            x = x.permute(0, 3, 1, 2)
+        return x
 
 
 class HierarchicalMixin:

@@ -16,7 +16,8 @@ efficientvmamba_base.in1k      ``efficient_vmamba_base.ckpt``   96    2, 2, 9, 2
 
 (The official ``vssm_efficient_small.yaml`` says ``EMBED_DIM: 96``; the released S was trained with 64.)
 
-Architecture (NCHW throughout): 4x4 patch stem + LayerNorm -> 4 stages (stage i > 0 starts with Swin patch
+Architecture (NCHW between stages; the EVSS blocks run channels-last on (B, H, W, C), the inverted residuals NCHW):
+4x4 patch stem + LayerNorm -> 4 stages (stage i > 0 starts with Swin patch
 merging) -> LayerNorm -> avg pool -> fc. Stages 0-1 ("global" stages) use EVSS blocks::
 
     xn = norm(x);  x = x + drop_path(se(ES2D(xn)) + se(conv_branch(xn)))     (one SE module, used twice)
@@ -38,25 +39,25 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Type, Union
 import torch
 from torch import nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import ConvNormAct, DropPath, LayerNorm2d, SEModule
-from timm.models import checkpoint_seq, generate_default_cfgs, register_model
+from timm.layers import ConvNormAct, DropPath, LayerNorm, SEModule
+from timm.models import generate_default_cfgs, register_model
 
 from vmamba.layers.patch import PatchMerging, PatchStem
-from vmamba.layers.ss2d import SS2D, Linear2d
+from vmamba.layers.ss2d import SS2D
 from vmamba.official import register_official
 from vmamba.pretrained import build_model
 
 from ._checkpoint import rename_key, unwrap_state_dict
-from ._hierarchical import HierarchicalMixin, hierarchical_feature_cfg, resolve_stage_dims
+from ._hierarchical import HierarchicalMixin, HierarchicalStage, hierarchical_feature_cfg, resolve_stage_dims
 
 __all__ = ['EfficientVMamba', 'checkpoint_filter_fn', 'build_from_official_kwargs']
 
 
 class ChannelAttention(nn.Module):
-    """Squeeze-excitation gate of the EVSS block (official ``BiAttn``), NCHW.
+    """Squeeze-excitation gate of the EVSS block (official ``BiAttn``), channels-last.
 
     The gate is computed from the LayerNorm-ed map (normalised per position, then averaged over H, W), but it scales
-    the un-normalised input: ``x * sigmoid(select(act(reduce(mean_hw(norm(x))))))``. (B, C, H, W) -> (B, C, H, W).
+    the un-normalised input: ``x * sigmoid(select(act(reduce(mean_hw(norm(x))))))``. (B, H, W, C) -> (B, H, W, C).
     """
 
     def __init__(
@@ -73,14 +74,14 @@ class ChannelAttention(nn.Module):
         rd_dim = int(dim * rd_ratio)
         if rd_dim < 1:
             raise ValueError(f'ChannelAttention: rd_ratio={rd_ratio} leaves no channels for dim={dim}')
-        self.norm = LayerNorm2d(dim, eps=norm_eps, **dd)
-        self.global_reduce = Linear2d(dim, rd_dim, **dd)
+        self.norm = LayerNorm(dim, eps=norm_eps, **dd)
+        self.global_reduce = nn.Linear(dim, rd_dim, **dd)
         self.act = act_layer()
-        self.channel_select = Linear2d(rd_dim, dim, **dd)
+        self.channel_select = nn.Linear(rd_dim, dim, **dd)
         self.gate = nn.Sigmoid()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate = self.norm(x).mean((2, 3), keepdim=True)
+        gate = self.norm(x).mean((1, 2), keepdim=True)
         gate = self.gate(self.channel_select(self.act(self.global_reduce(gate))))
         return x * gate
 
@@ -88,7 +89,7 @@ class ChannelAttention(nn.Module):
 class ConvBranch(nn.Module):
     """Local branch of the EVSS block: depthwise 3x3 -> BatchNorm -> GELU -> 1x1 (both convs with bias).
 
-    (B, C, H, W) -> (B, C, H, W).
+    Channels-last: (B, H, W, C) -> (B, H, W, C) (the convs run on the NCHW view, a channels-last convolution).
     """
 
     def __init__(self, dim: int, act_layer: Type[nn.Module] = nn.GELU, device=None, dtype=None):
@@ -100,12 +101,13 @@ class ConvBranch(nn.Module):
         self.conv_pw = nn.Conv2d(dim, dim, 1, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv_pw(self.act(self.norm(self.conv_dw(x))))
+        x = x.permute(0, 3, 1, 2)
+        return self.conv_pw(self.act(self.norm(self.conv_dw(x)))).permute(0, 2, 3, 1)
 
 
 class EfficientVSSBlock(nn.Module):
     """EVSS block: a global ES2D branch and a local conv branch on the same normalised input, each gated by one
-    shared :class:`ChannelAttention`, summed and added to the residual. (B, C, H, W) -> (B, C, H, W).
+    shared :class:`ChannelAttention`, summed and added to the residual. Channels-last: (B, H, W, C) -> (B, H, W, C).
 
     ``ssm_kwargs`` go to :class:`~vmamba.layers.ss2d.SS2D` (the EfficientVMamba defaults: gated, d_state 16,
     conv bias, fp32 scan inputs, ``scan='atrous'``).
@@ -127,8 +129,8 @@ class EfficientVSSBlock(nn.Module):
             'd_state': 16, 'ssm_ratio': 2.0, 'dt_rank': 'auto', 'd_conv': 3, 'conv_bias': True, 'gated': True,
             'scan': 'atrous', 'act_layer': nn.SiLU, 'fp32_scan_inputs': True, **(ssm_kwargs or {}),
         }
-        self.norm = LayerNorm2d(dim, eps=norm_eps, **dd)
-        self.mixer = SS2D(dim, norm_eps=norm_eps, **ssm_kwargs, **dd)
+        self.norm = LayerNorm(dim, eps=norm_eps, **dd)
+        self.mixer = SS2D(dim, norm_eps=norm_eps, channel_first=False, **ssm_kwargs, **dd)
         self.conv_branch = ConvBranch(dim, **dd)
         self.se = ChannelAttention(dim, rd_ratio=se_ratio, norm_eps=norm_eps, **dd)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
@@ -169,9 +171,9 @@ class InvertedResidual(nn.Module):
         return x + self.drop_path(self.conv_pwl(self.se(self.conv_dw(self.conv_pw(x)))))
 
 
-class EfficientVMambaStage(nn.Module):
+class EfficientVMambaStage(HierarchicalStage):
     """Optional patch-merging downsample (``dim -> dim_out``) followed by ``depth`` blocks of ``block_type``
-    (``'evss'`` or ``'inverted_residual'``). (B, dim, H, W) -> (B, dim_out, H', W')."""
+    (``'evss'``, run channels-last, or ``'inverted_residual'``, run NCHW). (B, dim, H, W) -> (B, dim_out, H', W')."""
 
     def __init__(
             self,
@@ -187,14 +189,12 @@ class EfficientVMambaStage(nn.Module):
             dtype=None,
     ):
         dd = {'device': device, 'dtype': dtype}
-        super().__init__()
-        self.grad_checkpointing = False
         if downsample:
-            self.downsample = PatchMerging(dim, dim_out, norm_eps=norm_eps, **dd)
+            downsample_layer = PatchMerging(dim, dim_out, norm_eps=norm_eps, **dd)
         elif dim != dim_out:
             raise ValueError(f'a stage without downsample keeps its width, got dim={dim}, dim_out={dim_out}')
         else:
-            self.downsample = nn.Identity()
+            downsample_layer = nn.Identity()
         drop_path = list(drop_path) or [0.] * depth
         if len(drop_path) != depth:
             raise ValueError(f'expected {depth} drop path rates, got {len(drop_path)}')
@@ -206,15 +206,7 @@ class EfficientVMambaStage(nn.Module):
             blocks = [InvertedResidual(dim_out, drop_path=p, **block_kwargs, **dd) for p in drop_path]
         else:
             raise ValueError(f"block_type must be 'evss' or 'inverted_residual', got {block_type!r}")
-        self.blocks = nn.Sequential(*blocks)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.downsample(x)
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            x = checkpoint_seq(self.blocks, x)
-        else:
-            x = self.blocks(x)
-        return x
+        super().__init__(downsample_layer, blocks, channels_last_blocks=block_type == 'evss')
 
 
 class EfficientVMamba(HierarchicalMixin, nn.Module):

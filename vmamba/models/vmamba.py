@@ -47,7 +47,7 @@ import torch
 from torch import nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, LayerNorm, LayerNorm2d, Mlp, get_act_layer
-from timm.models import checkpoint_seq, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 
 from vmamba.layers.patch import PatchMerging, PatchStem
 from vmamba.layers.ss2d import SS2D, Linear2d
@@ -56,7 +56,7 @@ from vmamba.pretrained import build_model
 from vmamba.scans import ScanPattern
 
 from ._checkpoint import rename_key, unwrap_state_dict
-from ._hierarchical import HierarchicalMixin, hierarchical_feature_cfg, resolve_stage_dims
+from ._hierarchical import HierarchicalMixin, HierarchicalStage, hierarchical_feature_cfg, resolve_stage_dims
 
 __all__ = ['VMamba', 'checkpoint_filter_fn', 'build_from_official_kwargs']
 
@@ -137,7 +137,7 @@ class VMambaBlock(nn.Module):
         return x
 
 
-class VMambaStage(nn.Module):
+class VMambaStage(HierarchicalStage):
     """Optional stride-2 downsample (``'conv'`` or ``'patch_merging'``; ``''`` = none) followed by ``depth`` blocks.
 
     (B, C, H, W) -> (B, C_out, H', W'); the blocks run on the channels-last view (B, H', W', C_out) and the output is
@@ -157,31 +157,20 @@ class VMambaStage(nn.Module):
             dtype=None,
     ):
         dd = {'device': device, 'dtype': dtype}
-        super().__init__()
-        self.grad_checkpointing = False
         if downsample == 'conv':
-            self.downsample = ConvDownsample(dim, dim_out, norm_eps=norm_eps, **dd)
+            downsample_layer = ConvDownsample(dim, dim_out, norm_eps=norm_eps, **dd)
         elif downsample == 'patch_merging':
-            self.downsample = PatchMerging(dim, dim_out, norm_eps=norm_eps, **dd)
+            downsample_layer = PatchMerging(dim, dim_out, norm_eps=norm_eps, **dd)
         elif downsample == '':
             if dim != dim_out:
                 raise ValueError(f'a stage without downsample keeps its width, got dim={dim}, dim_out={dim_out}')
-            self.downsample = nn.Identity()
+            downsample_layer = nn.Identity()
         else:
             raise ValueError(f"downsample must be 'conv', 'patch_merging' or '', got {downsample!r}")
         drop_path = list(drop_path) or [0.] * depth
-        self.blocks = nn.Sequential(*[
-            VMambaBlock(dim_out, drop_path=drop_path[j], norm_eps=norm_eps, **(block_kwargs or {}), **dd)
-            for j in range(depth)
-        ])
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.downsample(x).permute(0, 2, 3, 1)
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            x = checkpoint_seq(self.blocks, x)
-        else:
-            x = self.blocks(x)
-        return x.permute(0, 3, 1, 2)
+        blocks = [VMambaBlock(dim_out, drop_path=drop_path[j], norm_eps=norm_eps, **(block_kwargs or {}), **dd)
+                  for j in range(depth)]
+        super().__init__(downsample_layer, blocks, channels_last_blocks=True)
 
 
 class VMamba(HierarchicalMixin, nn.Module):
