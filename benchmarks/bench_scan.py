@@ -13,6 +13,7 @@
        (official mamba CUDA forward: 0.758 ms);
    (c) Vim-S as ``vmamba.layers.MambaMixer`` calls it: both directions stacked as 2 groups (1536 channels,
        reverse=(F, T)), no z (the gate is applied after the two directions are summed).
+5. The route gather / merge kernels at the VMamba-T stage-1 shape (batch 128), next to the PyTorch reference ops.
    Minimal bytes = every input read once + every output written once (forward: u, delta, z, B, C, A, D, delta_bias
    read; out, last_state written. Backward adds: grad_out, u, delta, z, B, C, A, D, delta_bias read; du, ddelta,
    dz, dB, dC, dA, dD, ddelta_bias written). GB/s = minimal bytes / time.
@@ -193,6 +194,37 @@ def bench_case(name, case, fwd_config=None, bwd_config=None, with_backward=True)
     return result
 
 
+def bench_routes(copy_gbs, batch=128, size=56, channels=96, device='cuda', timer=None):
+    """Route gather / merge kernels at the VMamba-T stage-1 shape (cross scan, 4 routes), next to the PyTorch
+    reference ops (index_select + permute) timed in the same run. Minimal bytes: gather reads the map once and
+    writes K routes (fp16); merge reads K fp32 routes and writes the fp32 map."""
+    from vmamba.kernels.routes import gather_routes_ref, merge_routes_ref
+    from vmamba.kernels.triton.routes import gather_routes_triton, merge_routes_triton
+    from vmamba.scans import get_scan_pattern
+    timer = timer or (lambda fn: do_bench(fn, warmup=25, rep=200, return_mode='median'))
+    routes = get_scan_pattern('cross').routes(size, size, device)
+    tokens = torch.randn(batch, size * size, channels, device=device, dtype=torch.float16)
+    ys = torch.randn(batch, routes.num_routes, channels, routes.length, device=device)
+    gather_bytes = tokens.numel() * 2 * (1 + routes.num_routes)
+    merge_bytes = ys.numel() * 4 + tokens.numel() * 4
+    cases = (
+        ('gather (fp16)', lambda: gather_routes_triton(tokens, routes.index),
+         lambda: gather_routes_ref(tokens, routes.index), gather_bytes),
+        ('merge (fp32)', lambda: merge_routes_triton(ys, routes.inverse),
+         lambda: merge_routes_ref(ys, routes.inverse), merge_bytes),
+    )
+    lines = [f'Route kernels, cross scan, batch {batch}, {size}x{size}, {channels} channels',
+             '', '| op | Triton ms | GB/s | % copy | PyTorch ops ms | PyTorch / Triton | MB |', '|---|---|---|---|---|---|---|']
+    results = {}
+    for name, fn, ref, nbytes in cases:
+        ms, ref_ms = timer(fn), timer(ref)
+        gbs = nbytes / (ms * 1e-3) / 1e9
+        results[name] = dict(ms=ms, ref_ms=ref_ms, bytes=nbytes)
+        lines.append(f'| {name} | {ms:.4f} | {gbs:.0f} | {100 * gbs / copy_gbs:.0f}% | {ref_ms:.4f} | '
+                     f'{ref_ms / ms:.2f}x | {nbytes / 1e6:.1f} |')
+    return results, '\n'.join(lines)
+
+
 def sweep(time_budget_s, cases=None):
     """Best tile config per (case, direction), by median time; stops when the time budget is used up."""
     start = time.time()
@@ -302,6 +334,8 @@ def main():
         lines.append(f'| {r[0]} | {r[1]:.4f} | {r[2]:.0f} | {r[3]:.0f}% | {official} | {r[5]:.4f} | {r[6]:.4f} | '
                      f'{r[7]:.0f} | {r[8]:.0f}% | {r[9]:.1f} | {r[10]:.1f} |')
     table = '\n'.join(lines)
+    report['routes'], routes_table = bench_routes(copy_gbs)
+    table += '\n\n' + routes_table
     out_dir = os.environ.get('OUT')
     if out_dir:
         os.makedirs(out_dir, exist_ok=True)
