@@ -346,8 +346,8 @@ def test_full_size_model_with_other_scan():
 
 
 def test_autocast_scan_precision(monkeypatch):
-    """Official v05 policy: scan inputs in the autocast dtype, A / D / delta_bias fp32, fp32 scan output; the v0
-    models (fp32_scan_inputs=True) run the scan inputs in fp32."""
+    """Official v05 policy: scan inputs in the autocast dtype, A / D / delta_bias fp32, fp32 scan output (v2 and v0
+    models alike: v0's official fp32 cast of the scan inputs is exact, see the next test)."""
     import vmamba.layers.ss2d as ss2d_module
     calls = []
 
@@ -358,18 +358,43 @@ def test_autocast_scan_precision(monkeypatch):
 
     monkeypatch.setattr(ss2d_module, 'selective_scan', recording_scan)
     x = torch.randn(1, 3, 32, 32)
-    for name, scan_dtype in (('test_vmamba', torch.bfloat16), ('test_vmamba_v0', torch.float32)):
+    half = torch.bfloat16
+    for name in ('test_vmamba', 'test_vmamba_v0'):
         model = timm.create_model(name).eval()
         with torch.no_grad():
             reference = model(x)
             calls.clear()
-            with torch.autocast('cpu', dtype=torch.bfloat16):
+            with torch.autocast('cpu', dtype=half):
                 out = model(x)
-        assert calls and all(c == dict(u=scan_dtype, delta=scan_dtype, A=torch.float32, B=scan_dtype,
-                                       C=scan_dtype, D=torch.float32, delta_bias=torch.float32,
-                                       out=torch.float32) for c in calls), calls[0]
+        assert calls and all(c == dict(u=half, delta=half, A=torch.float32, B=half, C=half, D=torch.float32,
+                                       delta_bias=torch.float32, out=torch.float32) for c in calls), calls[0]
         assert torch.isfinite(out).all()
         assert (out.float() - reference).abs().max() < 0.1 * reference.abs().max()
+
+
+@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
+def test_fp32_cast_of_scan_inputs_is_exact(dtype):
+    """The official v0 / EfficientVMamba code casts u, delta, B, C to fp32 before the scan. The scan computes in fp32
+    from the half-precision values, so skipping the cast gives bit-identical outputs and input gradients."""
+    gen = torch.Generator().manual_seed(0)
+    u, delta, z = (torch.randn(2, 8, 37, generator=gen).to(dtype) for _ in range(3))
+    B, C = (torch.randn(2, 4, 3, 37, generator=gen).to(dtype) for _ in range(2))
+    A = -torch.rand(8, 3, generator=gen) - 0.1
+    D, bias = torch.randn(8, generator=gen), torch.randn(8, generator=gen)
+
+    def run(cast):
+        inputs = [t.clone().requires_grad_() for t in (u, delta, B, C)]
+        scan_inputs = [t.float() if cast else t for t in inputs]
+        out = vmamba.selective_scan(*scan_inputs[:2], A, *scan_inputs[2:], D=D, delta_bias=bias, delta_softplus=True,
+                                    reverse=(False, True, False, True), out_dtype=torch.float32)
+        grads = torch.autograd.grad(out.square().sum(), inputs)
+        return out, grads
+
+    out_cast, grads_cast = run(True)
+    out_half, grads_half = run(False)
+    assert torch.equal(out_cast, out_half)
+    for g_cast, g_half in zip(grads_cast, grads_half):
+        assert g_cast.dtype == g_half.dtype == dtype and torch.equal(g_cast, g_half)
 
 
 def test_bf16_model_keeps_dtype():
@@ -423,7 +448,7 @@ def test_official_v0_kwargs_build_the_v0_architecture():
     assert {k: v.shape for k, v in model.state_dict().items()} == \
         {k: v.shape for k, v in reference.state_dict().items()}
     mixer = model.stages[1].blocks[0].mixer
-    assert mixer.gated and mixer.fp32_scan_inputs and mixer.conv.bias is not None
+    assert mixer.gated and mixer.d_state == 4 and mixer.conv.bias is not None
 
 
 def test_pretrained_cfgs():

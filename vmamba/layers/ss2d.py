@@ -18,11 +18,14 @@ layout: the norms and projections run on contiguous (B, H, W, C) tensors and the
 route gather / merge kernels around the scan. Same parameters and names in both layouts.
 
 The released VMamba v2 models ("v05_noz") are ``gated=False, d_state=1, conv_bias=False``; the v0 ("Vanilla")
-models are ``gated=True, d_state=16, conv_bias=True, fp32_scan_inputs=True``. Route ``k`` owns scan channels
+models are ``gated=True, d_state=16, conv_bias=True``. Route ``k`` owns scan channels
 ``k * D:(k + 1) * D`` of ``A_log``, ``D`` and ``dt_bias`` (direction-major, as in the official checkpoints).
 
 Precision (official v05 "oflex"): the scan inputs stay in the activation / autocast dtype, ``A``, ``D`` and the
 delta bias are fp32, the scan returns fp32, the merge and ``out_norm`` run in fp32 and the result is cast back.
+The official v0 code also casts the scan inputs (u, delta, B, C) to fp32 before its kernel; the scan here computes
+in fp32 from the activation-dtype values, which is the same arithmetic on the same (exactly representable) values,
+so v0 needs no cast and no extra copies (tests/models/test_vmamba.py checks the identity bit for bit).
 """
 from __future__ import annotations
 
@@ -82,8 +85,6 @@ class SS2D(nn.Module):
         scan: a scan pattern name for :func:`vmamba.scans.get_scan_pattern` or a :class:`ScanPattern`.
             The released weights use ``'cross'`` (4 routes).
         act_layer: activation after the depthwise conv (and on z when gated).
-        fp32_scan_inputs: cast the scan inputs to fp32 under autocast (official v0 behaviour); otherwise they stay
-            in the autocast dtype (official v05).
         proj_drop: dropout after out_proj.
         dt_min, dt_max, dt_init_floor: range of the initial softplus(dt_bias).
         norm_eps: eps of out_norm.
@@ -101,7 +102,6 @@ class SS2D(nn.Module):
             gated: bool = False,
             scan: Union[str, ScanPattern] = 'cross',
             act_layer: Union[str, Type[nn.Module]] = nn.SiLU,
-            fp32_scan_inputs: bool = False,
             proj_drop: float = 0.,
             dt_min: float = 0.001,
             dt_max: float = 0.1,
@@ -128,7 +128,6 @@ class SS2D(nn.Module):
         self.dt_rank = resolve_dt_rank(dt_rank, dim)
         self.num_routes = self.scan_pattern.num_routes
         self.gated = gated
-        self.fp32_scan_inputs = fp32_scan_inputs
         self.channel_first = channel_first
         self.dt_min, self.dt_max, self.dt_init_floor = dt_min, dt_max, dt_init_floor
         act_layer = get_act_layer(act_layer)
@@ -187,15 +186,13 @@ class SS2D(nn.Module):
         dt_low, B, C = torch.split(x_dbl, [R, N, N], dim=2)
         delta = torch.matmul(self.dt_proj_weight.to(xs.dtype), dt_low)  # (K, D, R) @ (B, K, R, L) -> (B, K, D, L)
 
-        scan_dtype = torch.float32 if self.fp32_scan_inputs and xs.dtype in (torch.float16, torch.bfloat16) \
-            else xs.dtype
-        param_dtype = _compute_dtype(scan_dtype)
+        param_dtype = _compute_dtype(xs.dtype)
         ys = selective_scan(
-            xs.reshape(batch, K * D, length).to(scan_dtype),
-            delta.reshape(batch, K * D, length).to(scan_dtype),
+            xs.reshape(batch, K * D, length),
+            delta.reshape(batch, K * D, length),
             -torch.exp(self.A_log.to(param_dtype)),
-            B.to(scan_dtype).contiguous(),
-            C.to(scan_dtype).contiguous(),
+            B.contiguous(),
+            C.contiguous(),
             D=self.D.to(param_dtype),
             delta_bias=self.dt_bias.reshape(-1).to(param_dtype),
             delta_softplus=True,

@@ -110,7 +110,7 @@ class EfficientVSSBlock(nn.Module):
     shared :class:`ChannelAttention`, summed and added to the residual. Channels-last: (B, H, W, C) -> (B, H, W, C).
 
     ``ssm_kwargs`` go to :class:`~vmamba.layers.ss2d.SS2D` (the EfficientVMamba defaults: gated, d_state 16,
-    conv bias, fp32 scan inputs, ``scan='atrous'``).
+    conv bias, ``scan='atrous'``).
     """
 
     def __init__(
@@ -127,7 +127,7 @@ class EfficientVSSBlock(nn.Module):
         super().__init__()
         ssm_kwargs = {
             'd_state': 16, 'ssm_ratio': 2.0, 'dt_rank': 'auto', 'd_conv': 3, 'conv_bias': True, 'gated': True,
-            'scan': 'atrous', 'act_layer': nn.SiLU, 'fp32_scan_inputs': True, **(ssm_kwargs or {}),
+            'scan': 'atrous', 'act_layer': nn.SiLU, **(ssm_kwargs or {}),
         }
         self.norm = LayerNorm(dim, eps=norm_eps, **dd)
         self.mixer = SS2D(dim, norm_eps=norm_eps, channel_first=False, **ssm_kwargs, **dd)

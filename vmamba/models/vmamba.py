@@ -189,7 +189,7 @@ class VMamba(HierarchicalMixin, nn.Module):
         patch_size: stem stride (``'overlap'`` supports only 4).
         downsample_type: ``'conv'`` (3x3 stride-2 conv + LN, v2) or ``'patch_merging'`` (Swin, v0).
         mlp_ratio: MLP hidden ratio per block; 0 = no MLP (v0).
-        d_state, ssm_ratio, dt_rank, d_conv, conv_bias, gated, fp32_scan_inputs: SS2D options (see
+        d_state, ssm_ratio, dt_rank, d_conv, conv_bias, gated: SS2D options (see
             :class:`~vmamba.layers.ss2d.SS2D`).
         scan: scan pattern name or :class:`~vmamba.scans.ScanPattern` used by every SS2D (released weights:
             ``'cross'``; the number of routes sets the shape of the per-route parameters).
@@ -221,7 +221,6 @@ class VMamba(HierarchicalMixin, nn.Module):
             d_conv: int = 3,
             conv_bias: bool = False,
             gated: bool = False,
-            fp32_scan_inputs: bool = False,
             scan: Union[str, ScanPattern] = 'cross',
             feature_norms: bool = False,
             act_layer: Union[str, Type[nn.Module]] = 'gelu',
@@ -260,7 +259,7 @@ class VMamba(HierarchicalMixin, nn.Module):
             act_layer=act_layer,
             ssm_kwargs=dict(
                 d_state=d_state, ssm_ratio=ssm_ratio, dt_rank=dt_rank, d_conv=d_conv, conv_bias=conv_bias,
-                gated=gated, scan=scan, act_layer=ssm_act_layer, fp32_scan_inputs=fp32_scan_inputs,
+                gated=gated, scan=scan, act_layer=ssm_act_layer,
                 proj_drop=ssm_drop_rate,
             ),
         )
@@ -386,10 +385,10 @@ _OFFICIAL_DEFAULTS = dict(
 )
 # SS2D forward types whose math we implement (the released ones and their documented equivalents).
 _OFFICIAL_FORWARD_TYPES = {
-    'v0': dict(gated=True, fp32_scan_inputs=True),  # Vanilla-VMamba (SS2Dv0)
-    'v05': dict(gated=True, fp32_scan_inputs=False),
-    'v05_noz': dict(gated=False, fp32_scan_inputs=False),  # released v2 models
-    'v3_noz': dict(gated=False, fp32_scan_inputs=False),  # what v2 was trained as: same math, einsum projections
+    'v0': dict(gated=True),  # Vanilla-VMamba (SS2Dv0; its fp32 cast of the scan inputs is exact, see SS2D)
+    'v05': dict(gated=True),
+    'v05_noz': dict(gated=False),  # released v2 models
+    'v3_noz': dict(gated=False),  # what v2 was trained as: same math, einsum projections
 }
 _OFFICIAL_ACTS = ('silu', 'gelu', 'relu')
 _OFFICIAL_ONLY_VALUES = dict(gmlp=False, patch_norm=True, posembed=False, ssm_init='v0')
@@ -521,9 +520,9 @@ def _create_vmamba(variant: str, pretrained: bool = False, **kwargs) -> VMamba:
 # Official v2 block design ("v05_noz", ln2d, patchembed v2, downsample v3): d_state 1, no gate, MLP 4.
 _V2_ARGS = dict(stem_type='overlap', downsample_type='conv', mlp_ratio=4.0, d_state=1, d_conv=3, conv_bias=False,
                 gated=False)
-# Official v0 ("Vanilla-VMamba"): patch stem, patch merging, gated SS2D with d_state 16, no MLP, fp32 scans.
+# Official v0 ("Vanilla-VMamba"): patch stem, patch merging, gated SS2D with d_state 16, no MLP.
 _V0_ARGS = dict(stem_type='patch', downsample_type='patch_merging', mlp_ratio=0.0, d_state=16, ssm_ratio=2.0,
-                d_conv=3, conv_bias=True, gated=True, fp32_scan_inputs=True)
+                d_conv=3, conv_bias=True, gated=True)
 
 
 @register_model
