@@ -52,40 +52,55 @@ def _pad_last(t: torch.Tensor, length: int, value: float) -> torch.Tensor:
     return F.pad(t, (0, pad), value=value) if pad else t
 
 
-def _linear_recurrence(decay: torch.Tensor, inputs: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """h_t = decay_t * h_{t-1} + inputs_t along the last dim, h_{-1} = 0, in O(L) work.
+def _to_chunks(t: torch.Tensor, num_chunks: int, chunk: int) -> torch.Tensor:
+    """(..., L) -> (T, ..., num_chunks), zero-padded to num_chunks * T steps (contiguous)."""
+    return _pad_last(t, num_chunks * chunk, 0.0).unflatten(-1, (num_chunks, chunk)).movedim(-1, 0).contiguous()
 
-    The sequence is cut into chunks of T steps; a T-step loop scans all chunks at once (zero initial state), a
-    second loop over the chunks carries the state, and ``h = h_local + cumprod(decay) * carry_in`` fixes up every
-    step. Only products of decays are formed (no division), so it is stable for any decay.
+
+def _from_chunks(t: torch.Tensor, length: int) -> torch.Tensor:
+    """(T, ..., num_chunks) -> (..., L)."""
+    return t.movedim(0, -1).flatten(-2)[..., :length]
+
+
+def _linear_recurrence(decay: torch.Tensor, inputs: torch.Tensor,
+                       in_place: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
+    """h_t = decay_t * h_{t-1} + inputs_t over chunked sequences, h_{-1} = 0, in O(L) work.
+
+    Step t of chunk k is ``[t, ..., k]``. A T-step loop scans all chunks at once from a zero state, a second loop
+    over the chunks carries the state, and ``h = h_local + prefix_decay * carry_in`` fixes up every step. Only
+    products of decays are formed (no division), so it is stable for any decay. Padding steps (decay 1, input 0)
+    keep the state, so the final carry is the state after the last real step.
 
     Args:
-        decay, inputs: (..., L).
+        decay, inputs: (T, ..., num_chunks) contiguous.
+        in_place: (no autograd only) overwrite ``decay`` with its prefix products and ``inputs`` with ``h`` instead
+            of allocating new tensors.
     Returns:
-        h (..., L) and the final state (...).
+        h (T, ..., num_chunks) and the final state (...).
     """
-    length = decay.shape[-1]
-    chunk = _chunk_length(length)
-    num_chunks = -(-length // chunk)
-    padded = num_chunks * chunk
-    # Padding steps have decay 1 and input 0: they keep the state, so the final carry is h_{L-1}.
-    # Layout (T, ..., num_chunks): every in-chunk step below reads and writes contiguous memory.
-    a = _pad_last(decay, padded, 1.0).unflatten(-1, (num_chunks, chunk)).movedim(-1, 0).contiguous()
-    x = _pad_last(inputs, padded, 0.0).unflatten(-1, (num_chunks, chunk)).movedim(-1, 0).contiguous()
-    local = [x[0]]
-    for t in range(1, chunk):
-        local.append(torch.addcmul(x[t], a[t], local[-1]))
-    h_local = torch.stack(local, dim=0)  # (T, ..., num_chunks)
-    prefix_decay = torch.cumprod(a, dim=0)
+    chunk, num_chunks = decay.shape[0], decay.shape[-1]
+    # In-chunk scan and prefix products of the decays (a loop: cumprod over dim 0 is 5x slower on the CPU). Every
+    # step reads contiguous slices; without autograd the steps write straight into the output (no stack copies).
+    if torch.is_grad_enabled():
+        local, prefix = [inputs[0]], [decay[0]]
+        for t in range(1, chunk):
+            local.append(torch.addcmul(inputs[t], decay[t], local[-1]))
+            prefix.append(prefix[-1] * decay[t])
+        h_local, prefix_decay = torch.stack(local), torch.stack(prefix)  # (T, ..., num_chunks)
+    else:
+        h_local, prefix_decay = (inputs, decay) if in_place else (inputs.clone(), decay.clone())
+        for t in range(1, chunk):
+            h_local[t].addcmul_(decay[t], h_local[t - 1])
+            prefix_decay[t].mul_(prefix_decay[t - 1])
     carry = torch.zeros_like(h_local[0, ..., 0])
     carries = []
     for k in range(num_chunks):
         carries.append(carry)
         carry = torch.addcmul(h_local[-1, ..., k], prefix_decay[-1, ..., k], carry)
     carry_in = torch.stack(carries, dim=-1)  # (..., num_chunks)
-    h = torch.addcmul(h_local, prefix_decay, carry_in)  # (T, ..., num_chunks)
-    h = h.movedim(0, -1).flatten(-2)[..., :length]
-    return h, carry
+    if torch.is_grad_enabled():
+        return torch.addcmul(h_local, prefix_decay, carry_in), carry
+    return h_local.addcmul_(prefix_decay, carry_in), carry
 
 
 def _local_backward_recurrence(decay: torch.Tensor, inputs: torch.Tensor, window: int) -> torch.Tensor:
@@ -120,20 +135,39 @@ def _scan_forward(
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Forward-in-time scan without the D / z terms.
 
+    Works in the chunked layout (T, batch, ..., num_chunks) of :func:`_linear_recurrence`, built from the small
+    (batch, channels, L) and (batch, G, N, L) inputs; B and C are broadcast over the channels of their group (no
+    per-channel copies).
+
     Args:
         u, dt: (batch, channels, L) in the compute dtype.
         A: (channels, N).
-        B, C: (batch, channels, N, L) (already expanded per channel).
+        B, C: (batch, G, N, L) in the compute dtype; channel c uses group c // (channels // G).
         local_window: 0 (off) or the LB window length.
     Returns:
         y: (batch, channels, L) = sum_n C_t h_t, and the final forward state (batch, channels, N).
     """
-    decay = torch.exp(dt.unsqueeze(2) * A[None, :, :, None])  # (b, c, n, L)
-    inputs = (dt * u).unsqueeze(2) * B  # (b, c, n, L): dt_t * B_t * u_t
-    h, last_state = _linear_recurrence(decay, inputs)
+    batch, channels, length = u.shape
+    groups, num_states = B.shape[1], B.shape[2]
+    per_group = channels // groups
+    chunk = _chunk_length(length)
+    num_chunks = -(-length // chunk)
+    dt_ch = _to_chunks(dt, num_chunks, chunk)  # (T, b, c, k); padding dt = 0 -> decay 1, input 0
+    dtu_ch = _to_chunks(dt * u, num_chunks, chunk)
+    B_ch = _to_chunks(B, num_chunks, chunk)  # (T, b, g, n, k)
+    decay = torch.exp(dt_ch.unsqueeze(3) * A[None, None, :, :, None])  # (T, b, c, n, k)
+    grouped = (chunk, batch, groups, per_group, num_states, num_chunks)
+    inputs = (dtu_ch.view(chunk, batch, groups, per_group, 1, num_chunks) * B_ch.unsqueeze(3)).view(decay.shape)
     if local_window > 1:
-        h = h + _local_backward_recurrence(decay, inputs, local_window)
-    return (C * h).sum(2), last_state
+        h, last_state = _linear_recurrence(decay, inputs)
+        h = h + _to_chunks(_local_backward_recurrence(_from_chunks(decay, length), _from_chunks(inputs, length),
+                                                      local_window), num_chunks, chunk)
+    else:
+        h, last_state = _linear_recurrence(decay, inputs, in_place=not torch.is_grad_enabled())
+    C_ch = _to_chunks(C, num_chunks, chunk).unsqueeze(3)  # (T, b, g, 1, n, k)
+    y = h.view(grouped) * C_ch
+    y = (y.squeeze(4) if num_states == 1 else y.sum(4)).view(chunk, batch, channels, num_chunks)
+    return _from_chunks(y, length), last_state
 
 
 def selective_scan_ref(
@@ -192,9 +226,8 @@ def selective_scan_ref(
             group_idx = torch.tensor(list(groups), device=u.device)
             B_g, C_g = B_c.index_select(1, group_idx), C_c.index_select(1, group_idx)
         u_g, dt_g, A_g = u_c[:, chans], dt[:, chans], A_c[chans]
-        if flip:  # before expanding B/C per channel: flips the small (b, g, n, L) tensors
+        if flip:  # flips the small (b, g, n, L) B/C tensors, not per-channel copies
             u_g, dt_g, B_g, C_g = u_g.flip(-1), dt_g.flip(-1), B_g.flip(-1), C_g.flip(-1)
-        B_g, C_g = B_g.repeat_interleave(per_group, dim=1), C_g.repeat_interleave(per_group, dim=1)  # (b, c, n, L)
         y_g, last_g = _scan_forward(u_g, dt_g, A_g, B_g, C_g, local_window)
         return (y_g.flip(-1) if flip else y_g), last_g
 
