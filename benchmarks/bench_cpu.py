@@ -83,7 +83,8 @@ def latency_ms(model, x, repeats: int) -> float:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument('--models', nargs='*', default=['vmamba_tiny_s1l8', 'vim_small_patch16_224', 'efficientvmamba_tiny'])
+    parser.add_argument('--models', nargs='*',
+                        default=['vmamba_tiny_s1l8', 'vim_small_patch16_224', 'efficientvmamba_tiny'])
     parser.add_argument('--threads', type=int, default=2)
     parser.add_argument('--repeats', type=int, default=3)
     parser.add_argument('--json', default=None)
