@@ -386,3 +386,16 @@ def test_front_class_token_option():
         torch.testing.assert_close(model.forward_head(tokens, pre_logits=True), tokens[:, 0])
         maps = model.forward_intermediates(x, indices=1, output_fmt='NLC', norm=True, intermediates_only=True)
         torch.testing.assert_close(maps[0], tokens[:, 1:])
+
+
+def test_rms_norm_fp32_formula():
+    """RmsNormFp32 = x * rsqrt(mean(x^2) + eps) * weight in fp32, returned in the weight's dtype."""
+    from vmamba.layers.rms_norm import RmsNormFp32
+    norm = RmsNormFp32(24, eps=1e-5)
+    with torch.no_grad():
+        norm.weight.copy_(torch.rand(24) + 0.5)
+    x = torch.randn(2, 7, 24, dtype=torch.float64)
+    expected = x * torch.rsqrt(x.square().mean(-1, keepdim=True) + 1e-5) * norm.weight.double()
+    torch.testing.assert_close(norm(x.float()).double(), expected, rtol=1e-6, atol=1e-6)
+    assert norm(x.to(torch.bfloat16)).dtype == torch.float32  # fp32 stream in, weight dtype out
+    assert norm.to(torch.bfloat16)(x.float()).dtype == torch.bfloat16
