@@ -8,7 +8,8 @@
 The two are adjoint (the backward of one is the other), so neither direction needs atomics. ``index`` / ``inverse``
 are the :class:`vmamba.scans.ScanRoutes` of a pattern. CUDA tensors run the Triton kernels of ``triton/routes.py``;
 other devices (and ``VMAMBA_SCAN_BACKEND=reference``) run the PyTorch functions below, which are also the tests'
-reference. The merge accumulates in fp32 on the Triton path and returns the routes' dtype.
+reference. The merge accumulates in fp32 on the Triton path and returns the routes' dtype; fp64 tensors always take
+the PyTorch path (exact in fp64).
 """
 from __future__ import annotations
 
@@ -18,6 +19,10 @@ from torch import Tensor
 from .interface import scan_backend
 
 __all__ = ['gather_routes', 'merge_routes', 'gather_routes_ref', 'merge_routes_ref']
+
+
+def _use_triton(t: Tensor) -> bool:
+    return scan_backend(t.device) == 'triton' and t.dtype in (torch.float32, torch.float16, torch.bfloat16)
 
 
 def gather_routes_ref(tokens: Tensor, index: Tensor) -> Tensor:
@@ -40,7 +45,7 @@ def merge_routes_ref(routes: Tensor, inverse: Tensor) -> Tensor:
 
 @torch.library.custom_op('vmamba::gather_routes', mutates_args=())
 def _gather_routes_op(tokens: Tensor, index: Tensor, inverse: Tensor) -> Tensor:
-    if scan_backend(tokens.device) == 'triton':
+    if _use_triton(tokens):
         from .triton.routes import gather_routes_triton
         return gather_routes_triton(tokens, index)
     return gather_routes_ref(tokens, index)
@@ -53,7 +58,7 @@ def _gather_routes_fake(tokens, index, inverse):
 
 @torch.library.custom_op('vmamba::merge_routes', mutates_args=())
 def _merge_routes_op(routes: Tensor, index: Tensor, inverse: Tensor) -> Tensor:
-    if scan_backend(routes.device) == 'triton':
+    if _use_triton(routes):
         from .triton.routes import merge_routes_triton
         return merge_routes_triton(routes, inverse)
     return merge_routes_ref(routes, inverse)
