@@ -246,6 +246,7 @@ class SS2D(nn.Module):
         z: Optional[torch.Tensor] = None
         if self.gated:
             u, z = u.chunk(2, dim=3)
+            u = u.contiguous()  # one NHWC copy; the strided half would be converted to NCHW and back around the conv
         # The depthwise conv runs on the NCHW view of the NHWC tensor (a channels-last convolution, no copy).
         u = self.act(self.conv(u.permute(0, 3, 1, 2))).permute(0, 2, 3, 1)
         y = self.out_norm(self._scan_channels_last(u)).to(x.dtype)
