@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One GPU session on the device machine (H100), run from the repo root; results go to $OUT.
-#   PARTS    : any of "tests check bench profile baseline" (default "tests check bench"), run in that order; a failing
+#   PARTS    : any of "tests check bench profile baseline" (default "tests check bench"), run in the order given; a failing
 #              part does not stop the others.
 #   tests    : GPU-marked tests in $TESTS (default: tests/kernels tests/models).
 #   check    : benchmarks/check_models_gpu.py (Triton path vs reference path) on $CHECK_MODELS (default: its list).
