@@ -785,6 +785,33 @@ def _launch_fwd_step(u, delta, A, B, C, D, z, delta_bias, delta_softplus, revers
         )
 
 
+def _grad_buffers(u, delta, B, C, D, z, delta_bias, atomic_bc: bool):
+    """Outputs of a backward kernel: du, ddelta, dz (input dtypes), dB / dC (fp32 zeros when programs add into them
+    with atomics, else the input dtype), and per-batch fp32 partials of dA, dD, ddelta_bias (None where absent)."""
+    batch, channels, _ = u.shape
+    num_states = B.shape[2]
+    device = u.device
+    if atomic_bc:
+        dB = torch.zeros(B.shape, device=device, dtype=torch.float32)
+        dC = torch.zeros(C.shape, device=device, dtype=torch.float32)
+    else:
+        dB = torch.empty_like(B)
+        dC = torch.empty_like(C)
+    dz = torch.empty_like(z) if z is not None else None
+    dA_partial = torch.empty((batch, channels, num_states), device=device, dtype=torch.float32)
+    dD_partial = torch.empty((batch, channels), device=device, dtype=torch.float32) if D is not None else None
+    dbias_partial = (torch.empty((batch, channels), device=device, dtype=torch.float32)
+                     if delta_bias is not None else None)
+    return torch.empty_like(u), torch.empty_like(delta), dz, dB, dC, dA_partial, dD_partial, dbias_partial
+
+
+def _finish_grads(du, ddelta, dz, dB, dC, dA_partial, dD_partial, dbias_partial, bc_dtype: torch.dtype):
+    """Sum the per-batch partials and cast dB / dC to the B / C dtype: (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias)."""
+    dD = dD_partial.sum(0) if dD_partial is not None else None
+    ddelta_bias = dbias_partial.sum(0) if dbias_partial is not None else None
+    return du, ddelta, dA_partial.sum(0), dB.to(bc_dtype), dC.to(bc_dtype), dD, dz, ddelta_bias
+
+
 def _selective_scan_bwd_step(grad_out, grad_last_state, u, delta, A, B, C, D, z, delta_bias, delta_softplus,
                              reverse, config):
     """Backward with the step-by-step kernels (N > 1, no LB window): pre-pass for the block-start states, then the
@@ -802,19 +829,8 @@ def _selective_scan_bwd_step(grad_out, grad_last_state, u, delta, A, B, C, D, z,
 
     programs_per_group = triton.cdiv(per_group, config.block_d)
     atomic_bc = programs_per_group > 1
-    if atomic_bc:
-        dB = torch.zeros(B.shape, device=device, dtype=torch.float32)
-        dC = torch.zeros(C.shape, device=device, dtype=torch.float32)
-    else:
-        dB = torch.empty_like(B)
-        dC = torch.empty_like(C)
-    du = torch.empty_like(u)
-    ddelta = torch.empty_like(delta)
-    dz = torch.empty_like(z) if z is not None else None
-    dA_partial = torch.empty((batch, channels, num_states), device=device, dtype=torch.float32)
-    dD_partial = torch.empty((batch, channels), device=device, dtype=torch.float32) if D is not None else None
-    dbias_partial = (torch.empty((batch, channels), device=device, dtype=torch.float32)
-                     if delta_bias is not None else None)
+    du, ddelta, dz, dB, dC, dA_partial, dD_partial, dbias_partial = _grad_buffers(u, delta, B, C, D, z, delta_bias,
+                                                                                  atomic_bc)
     A_t = A.t().contiguous()
     dummy = u
     for first_group, count, is_reversed in _direction_runs(reverse):
@@ -832,13 +848,7 @@ def _selective_scan_bwd_step(grad_out, grad_last_state, u, delta, A, B, C, D, z,
             BLOCK_D=config.block_d, BLOCK_N=triton.next_power_of_2(num_states), STEPS=config.block_l,
             num_warps=config.num_warps,
         )
-    dA = dA_partial.sum(0)
-    dD = dD_partial.sum(0) if dD_partial is not None else None
-    ddelta_bias = dbias_partial.sum(0) if dbias_partial is not None else None
-    if atomic_bc:
-        dB = dB.to(B.dtype)
-        dC = dC.to(C.dtype)
-    return du, ddelta, dA, dB, dC, dD, dz, ddelta_bias
+    return _finish_grads(du, ddelta, dz, dB, dC, dA_partial, dD_partial, dbias_partial, B.dtype)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -946,22 +956,11 @@ def selective_scan_bwd(
         _launch_fwd(u, delta, A, B, C, None, None, delta_bias, delta_softplus, reverse, local_window, config,
                     None, None, chunk_states)
 
-    du = torch.empty_like(u)
-    ddelta = torch.empty_like(delta)
-    dz = torch.empty_like(z) if z is not None else None
     channel_blocks = max(1, min(config.channel_blocks, triton.cdiv(per_group, block_d)))
     programs_per_group = triton.cdiv(per_group, block_d * channel_blocks)
     atomic_bc = programs_per_group > 1
-    if atomic_bc:
-        dB = torch.zeros(B.shape, device=device, dtype=torch.float32)
-        dC = torch.zeros(C.shape, device=device, dtype=torch.float32)
-    else:
-        dB = torch.empty_like(B)
-        dC = torch.empty_like(C)
-    dA_partial = torch.empty((batch, channels, num_states), device=device, dtype=torch.float32)
-    dD_partial = torch.empty((batch, channels), device=device, dtype=torch.float32) if D is not None else None
-    dbias_partial = (torch.empty((batch, channels), device=device, dtype=torch.float32)
-                     if delta_bias is not None else None)
+    du, ddelta, dz, dB, dC, dA_partial, dD_partial, dbias_partial = _grad_buffers(u, delta, B, C, D, z, delta_bias,
+                                                                                  atomic_bc)
 
     dummy = u
     for first_group, count, is_reversed in _direction_runs(reverse):
@@ -981,10 +980,4 @@ def selective_scan_bwd(
             BLOCK_D=block_d, BLOCK_N=block_n, BLOCK_L=block_l, CHUNK=chunk, num_warps=config.num_warps,
         )
 
-    dA = dA_partial.sum(0)
-    dD = dD_partial.sum(0) if dD_partial is not None else None
-    ddelta_bias = dbias_partial.sum(0) if dbias_partial is not None else None
-    if atomic_bc:
-        dB = dB.to(B.dtype)
-        dC = dC.to(C.dtype)
-    return du, ddelta, dA, dB, dC, dD, dz, ddelta_bias
+    return _finish_grads(du, ddelta, dz, dB, dC, dA_partial, dD_partial, dbias_partial, B.dtype)
