@@ -186,7 +186,7 @@ def markdown_table(report: Dict[str, Any]) -> str:
     rows = report['results']
     peers = [r for r in rows if r['peer'] and not r.get('error')]
     lines = [
-        f'# Model benchmark',
+        '# Model benchmark',
         '',
         f'Device: {report["device"]}; torch {report["torch"]}, timm {report["timm"]}; {report["date"]}.',
         f'Batch {report["batch_size"]}, {report["precision"]}, channels_last={report["channels_last"]}, torch.compile={report.get("torchcompile")}; '

@@ -148,7 +148,7 @@ def card_text(name: str) -> str:
         f'- **Input:** {cfg["input_size"][-1]}x{cfg["input_size"][-1]}, crop_pct {cfg.get("crop_pct")}, '
         f'{cfg.get("interpolation")} interpolation, mean {tuple(cfg.get("mean", ()))}, std {tuple(cfg.get("std", ()))}',
         f'- **Dataset:** ImageNet-1k ({cfg.get("num_classes")} classes)',
-        f'- **Official top-1:** ' + (f'{top1[0]:.1f}% (ImageNet-1k val; source: {top1[1]})' if top1
+        '- **Official top-1:** ' + (f'{top1[0]:.1f}% (ImageNet-1k val; source: {top1[1]})' if top1
                                      else 'not published'),
         f'- **Papers:** {cfg.get("paper_name") or family["title"]} ({cfg.get("paper_ids") or "n/a"})',
         f'- **Original code:** {cfg.get("origin_url") or "n/a"}',

@@ -50,7 +50,7 @@ from timm.layers import DropPath, LayerNorm, LayerNorm2d, Mlp, get_act_layer
 from timm.models import generate_default_cfgs, register_model
 
 from vmamba.layers.patch import PatchMerging, PatchStem
-from vmamba.layers.ss2d import SS2D, Linear2d
+from vmamba.layers.ss2d import SS2D
 from vmamba.official import register_official
 from vmamba.pretrained import build_model
 from vmamba.scans import ScanPattern
