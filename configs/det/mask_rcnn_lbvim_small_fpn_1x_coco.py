@@ -2,11 +2,7 @@
 # Mask R-CNNs (Vim: detectron2, LBVim: mmdet SimpleFPN, LSJ 1024, 100 / 300 epochs). Here the mixer outputs of blocks
 # 5/11/17/23 form a stride 4/8/16/32 pyramid (Vim's segmentation pyramid) for a standard FPN, with the Swin 1x recipe
 # and no weight decay on position embeddings, norms, A_log and D.
-_base_ = ['./_base_/mask_rcnn_fpn_1x_coco.py']
+_base_ = ['./mask_rcnn_lbvim_tiny_fpn_1x_coco.py']
 model = dict(
-    backbone=dict(_delete_=True, type='LBVimBackbone', model_name='lbvim_small_patch16_224', drop_path_rate=0.1, pyramid='deconv',
-                  pyramid_norm_cfg=dict(type='SyncBN', requires_grad=True), pretrained=None),
+    backbone=dict(model_name='lbvim_small_patch16_224'),
     neck=dict(in_channels=[384, 384, 384, 384]))
-optim_wrapper = dict(
-    paramwise_cfg=dict(
-        custom_keys={k: dict(decay_mult=0.) for k in ('pos_embed', 'cls_token', 'norm', 'A_log', 'A_b_log', '.D', '.D_b')}))

@@ -2,12 +2,8 @@
 # 5/11/17/23, each through a fresh LayerNorm; AdamW lr 6e-5, wd 0.01 without decay on pos_embed / norms / A_log / D,
 # 1500-iteration warmup then poly, 160k iterations, 2 GPUs x 8 images, sliding-window test (stride 341).
 # LBVim-S (lbvim_small_patch16_224): results in arXiv 2506.15976 (tables not reproduced in our specs)
-_base_ = ['./_base_/upernet_plain_ade20k_512x512.py']
+_base_ = ['./upernet_lbvim_tiny_ade20k_512x512_160k.py']
 model = dict(
-    backbone=dict(type='LBVimBackbone', model_name='lbvim_small_patch16_224', drop_path_rate=0.05, pyramid=None),
+    backbone=dict(model_name='lbvim_small_patch16_224'),
     decode_head=dict(in_channels=[384, 384, 384, 384]),
     auxiliary_head=dict(in_channels=384))
-train_dataloader = dict(batch_size=8)
-optim_wrapper = dict(
-    paramwise_cfg=dict(
-        custom_keys={k: dict(decay_mult=0.) for k in ('pos_embed', 'norm', 'A_log', '.D')}))
