@@ -5,7 +5,6 @@ import shutil
 import sys
 import types
 
-import pytest
 import torch
 
 import timm
@@ -13,15 +12,6 @@ import vmamba  # noqa: F401
 from vmamba.models.vmamba import checkpoint_filter_fn
 
 TOL = dict(atol=1e-4, rtol=1e-4)
-
-
-@pytest.fixture(scope='module')
-def tiny_v3(vmamba_fixtures):
-    root = vmamba_fixtures / 'vmamba' / 'tiny_v3'
-    if not root.is_dir():
-        pytest.skip(f'{root} not found')
-    return dict(checkpoint=root / 'checkpoint.pth', input=torch.load(root / 'input.pt', weights_only=True),
-                output=torch.load(root / 'output.pt', weights_only=True))
 
 
 def _create(checkpoint, **kwargs):

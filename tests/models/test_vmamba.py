@@ -28,19 +28,6 @@ RELEASED = {
 TOL = dict(atol=1e-4, rtol=1e-4)
 
 
-@pytest.fixture(scope='module')
-def tiny_v3(vmamba_fixtures):
-    root = vmamba_fixtures / 'vmamba' / 'tiny_v3'
-    if not root.is_dir():
-        pytest.skip(f'{root} not found')
-    return dict(
-        root=root,
-        config=json.loads((root / 'config.json').read_text()),
-        input=torch.load(root / 'input.pt', weights_only=True),
-        output=torch.load(root / 'output.pt', weights_only=True),
-    )
-
-
 def _perturb_(module: torch.nn.Module, scale: float = 0.2, seed: int = 0) -> None:
     """Add noise to every parameter, so no init value (ones, zeros, log(1) = 0) hides a mistake."""
     gen = torch.Generator().manual_seed(seed)
