@@ -17,7 +17,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
-from vmamba.adapters.cli import add_common_args, load_config, mmcv_ext_hint  # noqa: E402
+from vmamba.adapters.cli import add_common_args, explain_missing_mmcv_ops, load_config  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -49,13 +49,9 @@ def main(argv=None) -> None:
 
     from vmamba.adapters import TrustedResumeRunner
 
-    try:
+    with explain_missing_mmcv_ops():
         runner = TrustedResumeRunner.from_cfg(cfg)
         runner.train()
-    except ModuleNotFoundError as err:
-        if err.name == 'mmcv._ext':
-            raise SystemExit(mmcv_ext_hint(err)) from err
-        raise
 
 
 if __name__ == '__main__':

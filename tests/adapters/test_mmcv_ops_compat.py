@@ -1,5 +1,5 @@
 """The torchvision-backed mmcv ops against independent references: a direct bilinear-sampling RoIAlign and a greedy
-NMS written here."""
+NMS written here; and the tools' exit message when mmcv's compiled ops are missing."""
 import math
 
 import pytest
@@ -147,3 +147,14 @@ def test_other_ops_raise_naming_the_op():
         sigmoid_focal_loss(torch.randn(4, 3), torch.tensor([0, 1, 2, 0]))
     with pytest.raises(compat.MmcvOpUnavailableError, match="pool_mode='max'"):
         RoIAlign(2, 1.0, pool_mode='max')(torch.randn(1, 1, 4, 4), torch.tensor([[0., 0., 0., 3., 3.]]))
+
+
+def test_missing_compiled_ops_exit_names_the_fixes():
+    from vmamba.adapters.cli import explain_missing_mmcv_ops
+
+    with pytest.raises(SystemExit, match=r'--mmcv-ops-compat .* mmcv==2\.1\.0'):
+        with explain_missing_mmcv_ops():
+            raise ModuleNotFoundError("No module named 'mmcv._ext'", name='mmcv._ext')
+    with pytest.raises(ModuleNotFoundError, match='other_module'):  # anything else passes through unchanged
+        with explain_missing_mmcv_ops():
+            raise ModuleNotFoundError("No module named 'other_module'", name='other_module')

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+from typing import Iterator
 
 from mmengine.config import Config, DictAction
 
@@ -54,6 +56,14 @@ def set_data_root(cfg: Config, data_root: str) -> None:
             evaluator['ann_file'] = data_root + ann[ann.index(marker):] if marker in ann else ann
 
 
-def mmcv_ext_hint(err: BaseException) -> str:
-    return (f'{err}\nmmcv-lite has no compiled ops: rerun with --mmcv-ops-compat (torchvision-backed nms / roi_align) '
-            f'or install compiled mmcv==2.1.0 (docs/mm.md).')
+@contextlib.contextmanager
+def explain_missing_mmcv_ops() -> Iterator[None]:
+    """Turn mmcv-lite's missing compiled ops (``ModuleNotFoundError: mmcv._ext``) into one exit message naming the
+    two fixes; other errors pass through."""
+    try:
+        yield
+    except ModuleNotFoundError as err:
+        if err.name == 'mmcv._ext':
+            raise SystemExit(f'{err}\nmmcv-lite has no compiled ops: rerun with --mmcv-ops-compat (torchvision-backed '
+                             f'nms / roi_align) or install compiled mmcv==2.1.0 (docs/mm.md).') from err
+        raise
