@@ -224,32 +224,22 @@ class SS2D(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, C, H, W); with ``channel_first=False`` (B, H, W, C) -> (B, H, W, C)."""
-        if not self.channel_first:
-            return self._forward_channels_last(x)
-        if x.ndim != 4 or x.shape[1] != self.dim:
-            raise ValueError(f'SS2D expects an NCHW map with {self.dim} channels, got shape {tuple(x.shape)}')
+        channel_dim = 1 if self.channel_first else 3
+        if x.ndim != 4 or x.shape[channel_dim] != self.dim:
+            expects = 'expects an NCHW' if self.channel_first else '(channel_first=False) expects an NHWC'
+            raise ValueError(f'SS2D {expects} map with {self.dim} channels, got shape {tuple(x.shape)}')
         u = self.in_proj(x)
         z: Optional[torch.Tensor] = None
         if self.gated:
-            u, z = u.chunk(2, dim=1)
-        u = self.act(self.conv(u))
-        y = self.out_norm(self._scan(u)).to(x.dtype)
-        if z is not None:
-            y = y * self.act(z)
-        return self.proj_drop(self.out_proj(y))
-
-    def _forward_channels_last(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim != 4 or x.shape[3] != self.dim:
-            raise ValueError(f'SS2D (channel_first=False) expects an NHWC map with {self.dim} channels, '
-                             f'got shape {tuple(x.shape)}')
-        u = self.in_proj(x)
-        z: Optional[torch.Tensor] = None
-        if self.gated:
-            u, z = u.chunk(2, dim=3)
-            u = u.contiguous()  # one NHWC copy; the strided half would be converted to NCHW and back around the conv
-        # The depthwise conv runs on the NCHW view of the NHWC tensor (a channels-last convolution, no copy).
-        u = self.act(self.conv(u.permute(0, 3, 1, 2))).permute(0, 2, 3, 1)
-        y = self.out_norm(self._scan_channels_last(u)).to(x.dtype)
+            u, z = u.chunk(2, dim=channel_dim)
+        if self.channel_first:
+            merged = self._scan(self.act(self.conv(u)))
+        else:
+            # The depthwise conv runs on the NCHW view of the NHWC tensor (a channels-last convolution). A gated u is
+            # a strided half: one NHWC copy here instead of a conversion to NCHW and back around the conv.
+            u = self.act(self.conv(u.contiguous().permute(0, 3, 1, 2))).permute(0, 2, 3, 1)
+            merged = self._scan_channels_last(u)
+        y = self.out_norm(merged).to(x.dtype)
         if z is not None:
             y = y * self.act(z)
         return self.proj_drop(self.out_proj(y))
