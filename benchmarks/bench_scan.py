@@ -71,6 +71,10 @@ CASES = {
                   dtype=torch.bfloat16, out_dtype=torch.bfloat16, reverse=(False,)),
     'vim_s_mixer': dict(batch=128, channels=1536, length=197, num_states=16, groups=2, z=False,
                         dtype=torch.bfloat16, out_dtype=torch.bfloat16, reverse=(False, True)),
+    # the same call with the token-major views the mixer passes since v7 (memory (batch, L, channels))
+    'vim_s_mixer_token_major': dict(batch=128, channels=1536, length=197, num_states=16, groups=2, z=False,
+                                    dtype=torch.bfloat16, out_dtype=torch.bfloat16, reverse=(False, True),
+                                    token_major=True),
 }
 # The official VMamba kernel only scans forward (the cross scan flips its inputs); this row times that setting.
 EXTRA_ROWS = {'vmamba_t_stage1_forward_only': dict(CASES['vmamba_t_stage1'], reverse=(False,) * 4)}
@@ -83,11 +87,15 @@ SWEEP = {  # (block_d, block_l, num_warps, channel_blocks); Vim (N=16) runs the 
     ('vim_s', 'fwd'): [(16, 8, 1, 1), (16, 4, 1, 1), (16, 16, 1, 1), (8, 8, 1, 1), (32, 4, 1, 1), (32, 8, 1, 1)],
     ('vmamba_t_stage1', 'bwd'): [(1, 512, 4, 1), (1, 256, 2, 1), (1, 512, 2, 1), (1, 1024, 4, 1), (1, 256, 4, 1)],
     ('vim_s', 'bwd'): [(16, 4, 1, 1), (16, 8, 1, 1), (8, 8, 1, 1), (8, 4, 1, 1), (8, 16, 1, 1), (32, 4, 1, 1)],
+    ('vim_s_mixer_token_major', 'fwd'): [(32, 4, 1, 1), (32, 8, 1, 1), (64, 4, 2, 1), (64, 8, 2, 1), (128, 4, 4, 1),
+                                         (32, 16, 1, 1)],
+    ('vim_s_mixer_token_major', 'bwd'): [(32, 4, 1, 1), (32, 8, 1, 1), (64, 4, 2, 1), (16, 4, 1, 1), (64, 8, 2, 1)],
 }
 
 
-def make_inputs(batch, channels, length, num_states, groups, z, dtype, device='cuda', seed=0):
-    """Inputs shaped like the models produce them (softplus(delta + bias) in [1e-3, 0.1], A = -exp(A_log))."""
+def make_inputs(batch, channels, length, num_states, groups, z, dtype, device='cuda', seed=0, token_major=False):
+    """Inputs shaped like the models produce them (softplus(delta + bias) in [1e-3, 0.1], A = -exp(A_log)).
+    ``token_major``: u / delta / z / B / C as transposed views of (batch, L, ...) memory, as Vim's mixer passes them."""
     gen = torch.Generator(device=device).manual_seed(seed)
 
     def randn(*shape):
@@ -98,7 +106,7 @@ def make_inputs(batch, channels, length, num_states, groups, z, dtype, device='c
     dt_init = torch.exp(torch.rand(channels, generator=gen, device=device) * (torch.log(torch.tensor(0.1)) -
                                                                                 torch.log(torch.tensor(1e-3)))
                         + torch.log(torch.tensor(1e-3)))
-    return dict(
+    inputs = dict(
         u=randn(batch, channels, length).to(dtype),
         delta=(0.5 * randn(batch, channels, length)).to(dtype),
         A=-torch.exp(A_log),
@@ -108,6 +116,13 @@ def make_inputs(batch, channels, length, num_states, groups, z, dtype, device='c
         z=randn(batch, channels, length).to(dtype) if z else None,
         delta_bias=dt_init + torch.log(-torch.expm1(-dt_init)),
     )
+    if token_major:
+        for name in ('u', 'delta', 'z'):
+            if inputs[name] is not None:
+                inputs[name] = inputs[name].transpose(1, 2).contiguous().transpose(1, 2)
+        for name in ('B', 'C'):
+            inputs[name] = inputs[name].permute(0, 3, 1, 2).contiguous().permute(0, 2, 3, 1)
+    return inputs
 
 
 def minimal_bytes(inputs, out_dtype, with_backward):
@@ -134,7 +149,7 @@ def check_case(name, case, batch, local_window=0):
     """Relative-RMS errors of Triton vs the fp32 reference at a real size (reduced batch)."""
     case = dict(case, batch=batch)
     inputs = make_inputs(case['batch'], case['channels'], case['length'], case['num_states'], case['groups'],
-                         case['z'], case['dtype'], seed=1)
+                         case['z'], case['dtype'], seed=1, token_major=case.get('token_major', False))
     args = [inputs[k] for k in GRAD_NAMES]
     rev = case['reverse']
     out, last = selective_scan_fwd(*args, True, rev, local_window, case['out_dtype'])
@@ -168,7 +183,7 @@ def copy_bandwidth():
 
 def bench_case(name, case, fwd_config=None, bwd_config=None, with_backward=True):
     inputs = make_inputs(case['batch'], case['channels'], case['length'], case['num_states'], case['groups'],
-                         case['z'], case['dtype'])
+                         case['z'], case['dtype'], token_major=case.get('token_major', False))
     args = [inputs[k] for k in GRAD_NAMES]
     rev, out_dtype = case['reverse'], case['out_dtype']
 
@@ -234,7 +249,7 @@ def sweep(time_budget_s, cases=None):
             continue
         case = dict(CASES[name], reverse=(False,) * CASES[name]['groups'])  # one direction: half the compiles
         inputs = make_inputs(case['batch'], case['channels'], case['length'], case['num_states'], case['groups'],
-                             case['z'], case['dtype'])
+                             case['z'], case['dtype'], token_major=case.get('token_major', False))
         args = [inputs[k] for k in GRAD_NAMES]
         out, _ = selective_scan_fwd(*args, True, case['reverse'], 0, case['out_dtype'])
         grad_out = torch.randn_like(out)
@@ -290,7 +305,7 @@ def main():
         print('## correctness vs reference (relative RMS; fp32 tol 1e-4, bf16 tol 1e-2)', flush=True)
         for dtype in (torch.float32, torch.bfloat16):
             for name, batch, window in (('vmamba_t_stage1', 2, 0), ('vim_s', 4, 0), ('vim_s', 4, 8),
-                                        ('vim_s_mixer', 4, 0)):
+                                        ('vim_s_mixer', 4, 0), ('vim_s_mixer_token_major', 4, 0)):
                 case = dict(CASES[name], dtype=dtype, out_dtype=CASES[name]['out_dtype'] if dtype != torch.float32
                             else torch.float32)
                 if window:
@@ -312,7 +327,7 @@ def main():
     rows = []
     for name, case in list(CASES.items()) + list(EXTRA_ROWS.items()):
         variants = [('default', None, None)]
-        base = next(b for b in ('vmamba_t_stage1', 'vim_s') if name.startswith(b))
+        base = name if (name, 'fwd') in SWEEP else next(b for b in ('vmamba_t_stage1', 'vim_s') if name.startswith(b))
         if (base, 'fwd') in best or (base, 'bwd') in best:
             variants.append(('sweep-best', best.get((base, 'fwd')), best.get((base, 'bwd'))))
         for label, fwd_cfg, bwd_cfg in variants:

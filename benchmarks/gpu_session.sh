@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # One GPU session on the device machine (H100), run from the repo root; results go to $OUT.
-#   PARTS    : any of "tests check bench profile baseline" (default "tests check bench"), run in the order given; a failing
+#   PARTS    : any of "tests check bench scan profile baseline" (default "tests check bench"), run in the order given; a failing
 #              part does not stop the others.
 #   tests    : GPU-marked tests in $TESTS (default: tests/kernels tests/models).
 #   check    : benchmarks/check_models_gpu.py (Triton path vs reference path) on $CHECK_MODELS (default: its list).
 #   bench    : tools/benchmark.py on $MODELS next to $PEERS, batch 128, 224x224, AMP fp16, 50 warm-up + 30 timed.
-#   profile  : benchmarks/profile_gpu.py (top CUDA kernels of one AMP train step) for each of $PROFILE_MODELS.
+#   scan     : benchmarks/bench_scan.py $SCAN_ARGS (default --quick: no reference check) -> $OUT/scan.md / scan.json.
+#   profile  : benchmarks/profile_gpu.py (top CUDA kernels of one AMP train step; PROFILE_ARGS=--infer: inference)
+#              for each of $PROFILE_MODELS.
 #   baseline : the same benchmark of $BASELINE_MODELS from an older checkout in $BASELINE_TREE (made with
 #              `git archive <commit> vmamba tools | tar -x -C <dir>`), in the same run, so old and new are comparable.
 # The device image has an older timm: timm 1.0.31 (and pytest) go on PYTHONPATH from .gpu_deps/ if present.
@@ -29,8 +31,10 @@ for part in $PARTS; do
              --json "$OUT/check_models.json" 2>&1 | tail -12 ;;
     bench) timeout 360 python tools/benchmark.py --models "$MODELS" --peers "$PEERS" $BENCH_ARGS \
              --out "$OUT/models" 2>&1 | grep -v Warning | tail -30 ;;
+    scan) OUT="$OUT" timeout 300 python benchmarks/bench_scan.py ${SCAN_ARGS:---quick} 2>&1 | tail -30 ;;
     profile) for m in ${PROFILE_MODELS//,/ }; do
-               timeout 120 python benchmarks/profile_gpu.py --model "$m" --rows 20 2>&1 | grep -v Warning | tail -26
+               timeout 120 python benchmarks/profile_gpu.py --model "$m" --rows 20 ${PROFILE_ARGS:-} 2>&1 | grep -v Warning \
+                 | tail -26
              done ;;
     baseline) (cd "$BASELINE_TREE" && PYTHONPATH="$ROOT/.gpu_deps:$PWD" timeout 200 python tools/benchmark.py \
              --models "$BASELINE_MODELS" --no-peers --no-flops $BENCH_ARGS --out "$OUT/baseline" 2>&1 \

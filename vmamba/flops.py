@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, register_flop_formula
 
-import vmamba.kernels  # noqa: F401  (defines torch.ops.vmamba.selective_scan)
+import vmamba.kernels  # noqa: F401  (defines torch.ops.vmamba.selective_scan, depthwise_conv_silu, layer_norm_last_dim)
 
 __all__ = ['selective_scan_flops', 'FlopCount', 'count_flops', 'count_params', 'CONVENTIONS']
 
@@ -67,6 +67,17 @@ register_flop_formula(torch.ops.vmamba.selective_scan)(_scan_formula)
 register_flop_formula(torch.ops.vmamba.selective_scan_backward)(_scan_backward_formula)
 
 
+def _conv_silu_formula(x_shape, weight_shape, *args, out_shape=None, **kwargs) -> int:
+    """vmamba::depthwise_conv_silu: a depthwise conv1d of width W per output channel, 2 FLOPs per multiply-add
+    (torch's convolution formula)."""
+    batch, length, _ = x_shape
+    out_channels, width = weight_shape
+    return 2 * batch * length * out_channels * width
+
+
+register_flop_formula(torch.ops.vmamba.depthwise_conv_silu)(_conv_silu_formula)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # 'paper' convention: fvcore's rules, expressed as torch.utils.flop_counter formulas (shapes in, FLOPs out).
 
@@ -80,6 +91,10 @@ def _as_macs(registered_formula: Callable[..., int]) -> Callable[..., int]:
 
 def _layer_norm_formula(input_shape, normalized_shape, weight_shape=None, *args, out_shape=None, **kwargs) -> int:
     return math.prod(input_shape) * (5 if weight_shape is not None else 4)
+
+
+def _layer_norm_last_dim_formula(x_shape, weight_shape=None, *args, out_shape=None, **kwargs) -> int:
+    return _layer_norm_formula(x_shape, x_shape[-1:], weight_shape)
 
 
 def _group_norm_formula(input_shape, weight_shape=None, *args, out_shape=None, **kwargs) -> int:
@@ -105,6 +120,7 @@ def _paper_mapping() -> Dict[Any, Callable[..., int]]:
     mapping: Dict[Any, Callable[..., int]] = {
         op: _as_macs(formula) for op, formula in flop_registry.items() if op not in scan_ops}
     mapping[_aten.native_layer_norm] = _layer_norm_formula
+    mapping[torch.ops.vmamba.layer_norm_last_dim] = _layer_norm_last_dim_formula
     mapping[_aten.native_group_norm] = _group_norm_formula
     for name in ('_native_batch_norm_legit_no_training', '_native_batch_norm_legit', 'native_batch_norm'):
         if hasattr(_aten, name):

@@ -45,6 +45,25 @@ def test_opcheck():
     assert all(v == 'SUCCESS' for v in result.values()), result
 
 
+def test_token_major_inputs_keep_their_layout():
+    """Token-major views (memory (batch, L, channels); B / C (batch, L, G, N)) go in without copies on the public
+    path: out comes back token-major with the same values, the fake implementation promises the same strides
+    (opcheck), and gradients flow back to the strided views."""
+    x = make_inputs(2, 4, 13, 2, 2)
+    tm = dict(x)
+    for name in ('u', 'delta', 'z'):
+        tm[name] = x[name].transpose(1, 2).contiguous().transpose(1, 2)
+    for name in ('B', 'C'):
+        tm[name] = x[name].permute(0, 3, 1, 2).contiguous().permute(0, 2, 3, 1)
+    kwargs = dict(delta_softplus=True, reverse=(False, True))
+    out = selective_scan(**tm, **kwargs)
+    assert out.stride(1) == 1 and out.stride(2) == 4, out.stride()
+    torch.testing.assert_close(out, selective_scan(**x, **kwargs), rtol=1e-12, atol=1e-12)
+    args = tuple(tm[k].detach().requires_grad_(True) for k in ('u', 'delta', 'A', 'B', 'C', 'D', 'z', 'delta_bias'))
+    result = torch.library.opcheck(torch.ops.vmamba.selective_scan.default, args + (True, [False, True], 0, torch.float64))
+    assert all(v == 'SUCCESS' for v in result.values()), result
+
+
 def test_torch_compile_fullgraph():
     x = make_inputs(2, 4, 13, 2, 2, dtype=torch.float32, requires_grad=True)
 

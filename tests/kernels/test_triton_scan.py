@@ -12,6 +12,7 @@ if not torch.cuda.is_available():
 
 import pytest  # noqa: E402
 
+from vmamba.kernels.layout import is_token_major  # noqa: E402
 from vmamba.kernels.reference import selective_scan_ref  # noqa: E402
 from vmamba.kernels.triton.selective_scan import (  # noqa: E402
     ScanConfig, selective_scan_bwd, selective_scan_fwd)
@@ -57,6 +58,32 @@ def make_inputs(batch, channels, length, num_states, groups, *, z=True, D=True, 
     return inputs, gen
 
 
+def as_token_major(inputs):
+    """Same values as token-major strided views, the way Vim's mixer passes them: u / delta / z as (batch, L, ch)
+    slices of wider token buffers seen as (batch, ch, L), B / C as slices of one (batch, L, G, 2N + 3) buffer seen
+    as (batch, G, N, L)."""
+    out = dict(inputs)
+    for name in ('u', 'delta', 'z'):
+        t = inputs[name]
+        if t is not None:
+            batch, channels, length = t.shape
+            wide = torch.full((batch, length, channels + 5), float('nan'), dtype=t.dtype, device=t.device)
+            wide[:, :, 2:2 + channels] = t.transpose(1, 2)
+            out[name] = wide[:, :, 2:2 + channels].transpose(1, 2)
+    batch, groups, states, length = inputs['B'].shape
+    dbl = torch.full((batch, length, groups, 2 * states + 3), float('nan'), dtype=inputs['B'].dtype,
+                     device=inputs['B'].device)
+    dbl[..., 3:3 + states] = inputs['B'].permute(0, 3, 1, 2)
+    dbl[..., 3 + states:] = inputs['C'].permute(0, 3, 1, 2)
+    out['B'] = dbl[..., 3:3 + states].permute(0, 2, 3, 1)
+    out['C'] = dbl[..., 3 + states:].permute(0, 2, 3, 1)
+    for name in ('u', 'delta', 'z', 'B', 'C'):
+        if out[name] is not None:
+            assert torch.equal(out[name], inputs[name]), name
+            assert is_token_major(out[name]) or (name in 'BC' and states == 1), name  # N = 1: no state dim
+    return out
+
+
 def reference_with_grads(inputs, grad_out, grad_last_state, delta_softplus, reverse, local_window):
     """Forward output, last state and the gradients of every input of the fp32 reference (autograd)."""
     leaves = {k: (v.float().clone().requires_grad_(True) if v is not None else None) for k, v in inputs.items()}
@@ -74,13 +101,14 @@ def reference_with_grads(inputs, grad_out, grad_last_state, delta_softplus, reve
 
 def run_case(batch, channels, length, num_states, groups, *, reverse, local_window=0, z=True, D=True,
              delta_bias=True, delta_softplus=True, grad_last_state=True, dtype=torch.float32,
-             out_dtype=torch.float32, rel_tol=1e-5, config=None, seed=0):
+             out_dtype=torch.float32, rel_tol=1e-5, config=None, seed=0, token_major=False):
     inputs, gen = make_inputs(batch, channels, length, num_states, groups, z=z, D=D, delta_bias=delta_bias,
                               dtype=dtype, seed=seed)
     reverse = tuple(reverse) if isinstance(reverse, (tuple, list)) else (reverse,) * groups
-    args = [inputs[k] for k in GRAD_NAMES]
+    args = [(as_token_major(inputs) if token_major else inputs)[k] for k in GRAD_NAMES]
     out, last = selective_scan_fwd(*args, delta_softplus, reverse, local_window, out_dtype, config=config)
     assert out.dtype == out_dtype and last.dtype == torch.float32
+    assert is_token_major(out) == token_major, 'out must follow the memory order of u'
 
     grad_out = torch.randn(batch, channels, length, generator=gen).to(DEVICE).to(out_dtype)
     grad_last = torch.randn(batch, channels, num_states, generator=gen).to(DEVICE) if grad_last_state else None
@@ -89,11 +117,15 @@ def run_case(batch, channels, length, num_states, groups, *, reverse, local_wind
     assert_close('out', out, ref_out, rel_tol)
     assert_close('last_state', last, ref_last, rel_tol)
 
+    if token_major:
+        grad_out = grad_out.transpose(1, 2).contiguous().transpose(1, 2)
     grads = selective_scan_bwd(grad_out, grad_last, *args, delta_softplus, reverse, local_window, config=config)
     for name, grad, x in zip(GRAD_NAMES, grads, args):
         if x is None:
             assert grad is None, f'd{name} should be None for an absent input'
             continue
+        if token_major and name in ('u', 'delta', 'z', 'B', 'C') and num_states > 1 and not local_window:
+            assert is_token_major(grad), f'd{name}: the step kernels return gradients in the input memory order'
         expected_dtype = torch.float32 if name in ('A', 'D', 'delta_bias') else x.dtype
         assert grad.dtype == expected_dtype, f'd{name} dtype {grad.dtype}, expected {expected_dtype}'
         assert_close(f'd{name}', grad, ref_grads[name], rel_tol)
@@ -135,6 +167,19 @@ def test_step_kernels_vim_like(config, grad_last_state):
     step forward and the step backward with ragged last blocks, reversed groups walked by index arithmetic, and dB/dC
     added across programs (atomics) or stored by the only program of a group."""
     run_case(2, 12, 19, 16, 2, reverse=(False, True), z=False, config=config, grad_last_state=grad_last_state)
+
+
+@pytest.mark.parametrize('num_states, local_window, z', [
+    pytest.param(16, 0, False, id='step-kernels-N16-vim'),
+    pytest.param(4, 0, True, id='step-kernels-N4-z'),
+    pytest.param(4, 3, True, id='chunked-kernels-W3-copies'),
+    pytest.param(1, 0, True, id='chunked-kernels-N1-copies'),
+])
+def test_token_major_inputs(num_states, local_window, z):
+    """Token-major strided views (Vim's layout): the step kernels read them through their strides and write out and
+    the gradients token-major; the chunked kernels copy them and give the same numbers."""
+    run_case(2, 12, 19, num_states, 2, reverse=(False, True), local_window=local_window, z=z, token_major=True,
+             config=ScanConfig(block_d=4, block_l=4, num_warps=1) if num_states > 1 and not local_window else None)
 
 
 @pytest.mark.parametrize('config, local_window', [

@@ -4,10 +4,17 @@
 - ``reference.py``: vectorised chunked PyTorch implementation (CPU path, and the spec of the kernels).
 - :func:`gather_routes` / :func:`merge_routes` (``routes.py``): token-major maps <-> scan routes (the layout change
   around the scan of channels-last blocks), adjoint custom ops.
-- ``triton/``: Triton kernels used for CUDA tensors.
+- :func:`depthwise_conv_silu` (``conv.py``): Vim's packed two-direction depthwise conv + SiLU on token-major
+  sequences.
+- :func:`layer_norm_last_dim` (``layer_norm.py``): LayerNorm of channels-last maps, many rows per program.
+- ``layout.py``: the memory orders (channel-major / token-major) of the scan's tensors.
+- ``triton/``: Triton kernels used for CUDA tensors; each op's PyTorch reference sits in its module above.
 """
+from .conv import depthwise_conv_silu
 from .interface import scan_backend, selective_scan
+from .layer_norm import layer_norm_last_dim
 from .reference import selective_scan_ref
 from .routes import gather_routes, merge_routes
 
-__all__ = ['selective_scan', 'selective_scan_ref', 'scan_backend', 'gather_routes', 'merge_routes']
+__all__ = ['selective_scan', 'selective_scan_ref', 'scan_backend', 'gather_routes', 'merge_routes',
+           'depthwise_conv_silu', 'layer_norm_last_dim']

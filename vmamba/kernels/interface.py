@@ -13,6 +13,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
+from .layout import empty_sequence_like, empty_states_like
 from .reference import normalize_reverse, selective_scan_ref
 
 __all__ = ['selective_scan', 'scan_backend']
@@ -34,10 +35,6 @@ def scan_backend(device: torch.device) -> str:
     return 'reference'
 
 
-def _empty_like_absent(ref: Tensor) -> Tensor:
-    return ref.new_empty((0,))
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Custom ops: forward and backward. Optional inputs travel as Optional[Tensor]; absent gradients as empty tensors.
 
@@ -54,17 +51,39 @@ def _selective_scan_op(
             None if D is None else D.float(), z, None if delta_bias is None else delta_bias.float(),
             delta_softplus, tuple(reverse), local_window, out_dtype)
     with torch.autocast(u.device.type, enabled=False), torch.no_grad():
-        return selective_scan_ref(
+        out, last = selective_scan_ref(
             u, delta, A, B, C, D, z, delta_bias, delta_softplus, tuple(reverse), local_window,
             return_last_state=True, out_dtype=out_dtype)
+    return empty_sequence_like(u, out_dtype).copy_(out), last
 
 
 @_selective_scan_op.register_fake
 def _selective_scan_fake(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, local_window, out_dtype):
     state_dtype = torch.promote_types(u.dtype, torch.float32)
-    out = u.new_empty(u.shape, dtype=out_dtype)
+    out = empty_sequence_like(u, out_dtype)
     last = u.new_empty((u.shape[0], u.shape[1], A.shape[1]), dtype=state_dtype)
     return out, last
+
+
+def _grads_like_inputs(grads, inputs) -> List[Tensor]:
+    """[du, ddelta, dA, dB, dC, dD, dz, ddelta_bias] in their inputs' dtypes and memory orders (empty tensors for
+    absent inputs), as the fake implementation of the backward op promises."""
+    result = []
+    for i, (g, x) in enumerate(zip(grads, inputs)):
+        if x is None:
+            result.append(inputs[0].new_empty((0,)))
+            continue
+        like = _empty_grad_like(i, x)
+        result.append(g.to(x.dtype) if g.stride() == like.stride() else like.copy_(g))
+    return result
+
+
+def _empty_grad_like(index: int, x: Tensor) -> Tensor:
+    if index in (0, 1, 6):  # u, delta, z
+        return empty_sequence_like(x)
+    if index in (3, 4):  # B, C
+        return empty_states_like(x)
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
 @torch.library.custom_op('vmamba::selective_scan_backward', mutates_args=())
@@ -80,14 +99,14 @@ def _selective_scan_backward_op(
         grad_out, grad_last_state, u, delta, A.float(), B, C,
         None if D is None else D.float(), z, None if delta_bias is None else delta_bias.float(),
         delta_softplus, tuple(reverse), local_window)
-    originals = (u, delta, A, B, C, D, z, delta_bias)
-    return [_empty_like_absent(u) if g is None else g.to(x.dtype) for g, x in zip(grads, originals)]
+    return _grads_like_inputs(grads, (u, delta, A, B, C, D, z, delta_bias))
 
 
 @_selective_scan_backward_op.register_fake
 def _selective_scan_backward_fake(grad_out, grad_last_state, u, delta, A, B, C, D, z, delta_bias,
                                   delta_softplus, reverse, local_window):
-    return [torch.empty_like(t) if t is not None else u.new_empty((0,)) for t in (u, delta, A, B, C, D, z, delta_bias)]
+    return [u.new_empty((0,)) if t is None else _empty_grad_like(i, t)
+            for i, t in enumerate((u, delta, A, B, C, D, z, delta_bias))]
 
 
 def _reference_backward(grad_out, grad_last_state, tensors, delta_softplus, reverse, local_window):
@@ -123,7 +142,7 @@ def _backward(ctx, grad_out, grad_last_state):
     u, delta, A, B, C, D, z, delta_bias = ctx.saved_tensors
     if scan_backend(u.device) == 'triton':
         grads = torch.ops.vmamba.selective_scan_backward(
-            grad_out.contiguous(), None if grad_last_state is None else grad_last_state.contiguous(),
+            grad_out, None if grad_last_state is None else grad_last_state.contiguous(),
             u, delta, A, B, C, D, z, delta_bias, ctx.delta_softplus, ctx.reverse, ctx.local_window)
     else:
         grads = _reference_backward(grad_out, grad_last_state, (u, delta, A, B, C, D, z, delta_bias),
@@ -233,13 +252,14 @@ def selective_scan(
         out_dtype: dtype of ``out``; default ``u.dtype``. ``torch.float32`` gives VMamba's "oflex" behaviour
             (low-precision inputs, fp32 output).
     Returns:
-        out (batch, channels, L), or (out, last_state) if ``return_last_state``.
+        out (batch, channels, L) in u's memory order (a token-major u, i.e. a transposed view of (batch, L,
+        channels), gives a token-major out), or (out, last_state) if ``return_last_state``.
     """
     _validate(u, delta, A, B, C, D, z, delta_bias, local_window)
     reverse_list = list(normalize_reverse(reverse, B.shape[1]))
+    # Sequence tensors keep their strides (token-major views are read in place, kernels/layout.py); out follows u.
     out, last_state = torch.ops.vmamba.selective_scan(
-        u.contiguous(), delta.contiguous(), A.contiguous(), B.contiguous(), C.contiguous(),
-        None if D is None else D.contiguous(), None if z is None else z.contiguous(),
+        u, delta, A.contiguous(), B, C, None if D is None else D.contiguous(), z,
         None if delta_bias is None else delta_bias.contiguous(),
         bool(delta_softplus), reverse_list, int(local_window or 0), out_dtype or u.dtype)
     if return_last_state:

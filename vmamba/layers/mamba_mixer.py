@@ -13,7 +13,9 @@ One module covers the three scan modes these models use:
 Both Vim directions run in one kernel launch: the branches are stacked as two channel groups and the kernel gets
 ``reverse=(False, True)``. The backward branch's causal conv on the flipped sequence is an anti-causal conv on the
 original one, so no flipped copies of the activations are made: the two depthwise kernels are packed into one
-conv of width ``2 * d_conv - 1`` (the forward kernel on the left half, the flipped backward kernel on the right).
+conv of width ``2 * d_conv - 1`` (the forward kernel on the left half, the flipped backward kernel on the right),
+and the branches' x_proj / dt_proj run as batched matmuls. The whole mixer works on token-major (batch, L, features)
+tensors, the layout of the projections; the scan reads them through strides.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ from timm.layers import register_notrace_module
 from torch import nn
 
 from vmamba.kernels import selective_scan
+from vmamba.kernels.conv import depthwise_conv_silu
 
 __all__ = ['MambaMixer', 'default_local_window', 'MIXER_SCANS']
 
@@ -177,7 +180,7 @@ class MambaMixer(nn.Module):
             self.dt_proj_b.bias.zero_()
 
     def _packed_conv(self, branches) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """Depthwise kernels of all branches as one conv of width 2K-1 with K-1 zero padding on both sides.
+        """Depthwise kernels of all branches as one (G * E, 2K-1) "same"-padded kernel, and the (G * E,) biases.
 
         Causal (forward) branch ``w``: taps x[t-K+1 .. t] -> kernel ``[w, 0 * (K-1)]``. Reverse branch on the original
         order (anti-causal, taps x[t .. t+K-1] with ``w`` reversed) -> kernel ``[0 * (K-1), flip(w)]``.
@@ -185,7 +188,7 @@ class MambaMixer(nn.Module):
         k = self.d_conv
         weights, biases = [], []
         for conv, _, _, _, _, reverse in branches:
-            w = conv.weight
+            w = conv.weight.squeeze(1)
             weights.append(F.pad(w.flip(-1), (k - 1, 0)) if reverse else F.pad(w, (0, k - 1)))
             biases.append(conv.bias)
         weight = weights[0] if len(weights) == 1 else torch.cat(weights, 0)
@@ -194,23 +197,33 @@ class MambaMixer(nn.Module):
         return weight, (biases[0] if len(biases) == 1 else torch.cat(biases, 0))
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        """hidden: (batch, L, D) -> (batch, L, D)."""
+        """hidden: (batch, L, D) -> (batch, L, D).
+
+        Everything stays token-major, (batch, L, features): the conv, the projections and the scan (which reads
+        and writes transposed views, ``vmamba/kernels/layout.py``); no activation is transposed or repeated.
+        """
         batch, seq_len, _ = hidden.shape
         inner, rank, state = self.d_inner, self.dt_rank, self.d_state
         branches = self._branch_modules()
         groups = len(branches)
 
-        x, z = self.in_proj(hidden).transpose(1, 2).chunk(2, dim=1)  # (batch, E, L) each
-        if groups > 1:
-            x = x.repeat(1, groups, 1)  # (batch, G*E, L): group g feeds branch g
+        xz = self.in_proj(hidden)  # (batch, L, 2E)
+        x, z = xz[..., :inner], xz[..., inner:]
         conv_weight, conv_bias = self._packed_conv(branches)
-        x = F.silu(F.conv1d(x, conv_weight, conv_bias, padding=self.d_conv - 1, groups=groups * inner))
+        x = depthwise_conv_silu(x, conv_weight, conv_bias, groups)  # (batch, L, G*E): group g feeds branch g
 
-        x_proj_weight = torch.stack([b[1].weight for b in branches])  # (G, R+2N, E)
-        x_dbl = torch.matmul(x_proj_weight, x.view(batch, groups, inner, seq_len))  # (batch, G, R+2N, L)
-        dt, B, C = x_dbl.split([rank, state, state], dim=2)
-        dt_proj_weight = torch.stack([b[2].weight for b in branches])  # (G, E, R)
-        delta = torch.matmul(dt_proj_weight, dt).reshape(batch, groups * inner, seq_len)
+        # Per-branch projections as batched matmuls over the branch dim of the (batch * L, G, E) token view.
+        tokens = x.view(batch * seq_len, groups, inner).transpose(0, 1)  # (G, batch*L, E), no copy
+        x_proj_weight = torch.stack([b[1].weight for b in branches]).transpose(1, 2)  # (G, E, R+2N)
+        x_dbl = torch.matmul(tokens, x_proj_weight)  # (G, batch*L, R+2N)
+        dt_proj_weight = torch.stack([b[2].weight for b in branches]).transpose(1, 2)  # (G, R, E)
+        delta = torch.matmul(x_dbl[..., :rank], dt_proj_weight)  # (G, batch*L, E)
+        if groups > 1:  # token-major (batch, L, G*E) for the scan: one copy of delta
+            delta = delta.view(groups, batch, seq_len, inner).permute(1, 2, 0, 3)
+        delta = delta.reshape(batch, seq_len, groups * inner)
+        bc = x_dbl.view(groups, batch, seq_len, rank + 2 * state)
+        B = bc[..., rank:rank + state].permute(1, 0, 3, 2)  # (batch, G, N, L) strided views, states contiguous
+        C = bc[..., rank + state:].permute(1, 0, 3, 2)
 
         if groups == 1:
             A_log, D = branches[0][3], branches[0][4]
@@ -224,18 +237,18 @@ class MambaMixer(nn.Module):
             local_window = self.local_window or default_local_window(seq_len)
 
         y = selective_scan(
-            x, delta, -torch.exp(A_log.float()), B, C, D=D.float(),
-            z=z if groups == 1 else None,
+            x.transpose(1, 2), delta.transpose(1, 2), -torch.exp(A_log.float()), B, C, D=D.float(),
+            z=z.transpose(1, 2) if groups == 1 else None,
             delta_bias=delta_bias.float(), delta_softplus=True,
             reverse=tuple(b[5] for b in branches), local_window=local_window,
-        )
+        ).transpose(1, 2)  # (batch, L, G*E), token-major like x
         if groups > 1:
             # Both branches are gated by SiLU(z) at the same position, so the gate is applied once to their sum.
-            y = y.view(batch, groups, inner, seq_len).sum(dim=1)
+            y = y.unflatten(-1, (groups, inner)).sum(dim=2)
             if self.divide_out:
                 y = y / groups
             y = y * F.silu(z)
-        return self.out_proj(y.transpose(1, 2))
+        return self.out_proj(y)
 
     def extra_repr(self) -> str:
         s = f'scan={self.scan!r}, d_state={self.d_state}, d_conv={self.d_conv}, dt_rank={self.dt_rank}'

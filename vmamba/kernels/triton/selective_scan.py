@@ -25,6 +25,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ..layout import empty_sequence_like, empty_states_like
+
 __all__ = ['ScanConfig', 'selective_scan_fwd', 'selective_scan_bwd', 'default_config']
 
 _SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -206,6 +208,8 @@ def _selective_scan_fwd_step_kernel(
         u_ptr, delta_ptr, A_t_ptr, B_ptr, C_ptr, D_ptr, z_ptr, delta_bias_ptr, out_ptr, last_state_ptr,
         chunk_states_ptr,
         length, channels, channels_per_group, num_groups, num_states, num_chunks, group_offset,
+        su_b, su_c, su_l, sdt_b, sdt_c, sdt_l, sz_b, sz_c, sz_l, so_b, so_c, so_l,
+        sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l,
         HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DELTA_BIAS: tl.constexpr, DELTA_SOFTPLUS: tl.constexpr,
         REVERSE: tl.constexpr, WRITE_OUTPUT: tl.constexpr, WRITE_CHUNK_STATES: tl.constexpr,
         BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, STEPS: tl.constexpr,
@@ -214,6 +218,8 @@ def _selective_scan_fwd_step_kernel(
     sequence one position at a time (no cross-lane scan). The walk is unrolled by STEPS positions: all loads of a
     block of STEPS positions are issued before its recurrence runs, which hides their latency. A reversed group
     visits the positions from the end by index arithmetic. A_t is A transposed, (N, channels).
+    Sequence tensors are addressed through their strides (``s<name>_b/c/l``; B and C: ``_b/g/n/l``), so token-major
+    views (memory (batch, L, channels), Vim) load a position's channels with one contiguous access.
 
     Also the backward's pre-pass (WRITE_OUTPUT False, WRITE_CHUNK_STATES True): stores the state before each block of
     STEPS scanned positions to ``chunk_states`` (batch, num_chunks, N, channels): contiguous along channels like
@@ -235,8 +241,12 @@ def _selective_scan_fwd_step_kernel(
         D = tl.load(D_ptr + chan, mask=mask_d, other=0.0)
     if HAS_DELTA_BIAS:
         delta_bias = tl.load(delta_bias_ptr + chan, mask=mask_d, other=0.0)
-    seq_row = (batch * channels + chan) * length
-    bc_row = ((batch * num_groups + group) * num_states + offs_n) * length  # (BLOCK_N,)
+    u_row = batch * su_b + chan * su_c
+    dt_row = batch * sdt_b + chan * sdt_c
+    z_row = batch * sz_b + chan * sz_c
+    out_row = batch * so_b + chan * so_c
+    B_row = batch * sB_b + group * sB_g + offs_n * sB_n  # (BLOCK_N,)
+    C_row = batch * sC_b + group * sC_g + offs_n * sC_n
 
     h = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     for chunk in range(num_chunks):
@@ -259,8 +269,8 @@ def _selective_scan_fwd_step_kernel(
                 t = i
             valid = i < length
             mask = mask_d & valid
-            u = tl.load(u_ptr + seq_row + t, mask=mask, other=0.0).to(tl.float32)
-            dt = tl.load(delta_ptr + seq_row + t, mask=mask, other=0.0).to(tl.float32)
+            u = tl.load(u_ptr + u_row + t * su_l, mask=mask, other=0.0).to(tl.float32)
+            dt = tl.load(delta_ptr + dt_row + t * sdt_l, mask=mask, other=0.0).to(tl.float32)
             if HAS_DELTA_BIAS:
                 dt += delta_bias
             if DELTA_SOFTPLUS:
@@ -270,11 +280,11 @@ def _selective_scan_fwd_step_kernel(
             dts = dts + (dt,)
             dtus = dtus + (dt * u,)
             us = us + (u,)
-            Bs = Bs + (tl.load(B_ptr + bc_row + t, mask=mask_n & valid, other=0.0).to(tl.float32),)
+            Bs = Bs + (tl.load(B_ptr + B_row + t * sB_l, mask=mask_n & valid, other=0.0).to(tl.float32),)
             if WRITE_OUTPUT:
-                Cs = Cs + (tl.load(C_ptr + bc_row + t, mask=mask_n & valid, other=0.0).to(tl.float32),)
+                Cs = Cs + (tl.load(C_ptr + C_row + t * sC_l, mask=mask_n & valid, other=0.0).to(tl.float32),)
                 if HAS_Z:
-                    zs = zs + (tl.load(z_ptr + seq_row + t, mask=mask, other=0.0).to(tl.float32),)
+                    zs = zs + (tl.load(z_ptr + z_row + t * sz_l, mask=mask, other=0.0).to(tl.float32),)
         for j in tl.static_range(STEPS):
             h = tl.exp2(dts[j][None, :] * A2) * h + Bs[j][:, None] * dtus[j][None, :]
             if WRITE_OUTPUT:
@@ -283,7 +293,7 @@ def _selective_scan_fwd_step_kernel(
                     y += D * us[j]
                 if HAS_Z:
                     y *= zs[j] * tl.sigmoid(zs[j])
-                tl.store(out_ptr + seq_row + ts[j], y.to(out_ptr.dtype.element_ty),
+                tl.store(out_ptr + out_row + ts[j] * so_l, y.to(out_ptr.dtype.element_ty),
                          mask=mask_d & (chunk * STEPS + j < length))
     if WRITE_OUTPUT:
         tl.store(last_state_ptr + state_offs, h, mask=mask_nd)
@@ -509,6 +519,9 @@ def _selective_scan_bwd_step_kernel(
         u_ptr, delta_ptr, A_t_ptr, B_ptr, C_ptr, D_ptr, z_ptr, delta_bias_ptr,
         du_ptr, ddelta_ptr, dz_ptr, dB_ptr, dC_ptr, dA_partial_ptr, dD_partial_ptr, ddelta_bias_partial_ptr,
         length, channels, channels_per_group, num_groups, num_states, num_chunks, group_offset,
+        su_b, su_c, su_l, sdt_b, sdt_c, sdt_l, sz_b, sz_c, sz_l, sg_b, sg_c, sg_l,
+        sdu_b, sdu_c, sdu_l, sddt_b, sddt_c, sddt_l, sdz_b, sdz_c, sdz_l,
+        sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l, sdB_b, sdB_g, sdB_n, sdB_l, sdC_b, sdC_g, sdC_n, sdC_l,
         HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DELTA_BIAS: tl.constexpr, DELTA_SOFTPLUS: tl.constexpr,
         REVERSE: tl.constexpr, HAS_GRAD_LAST_STATE: tl.constexpr, ATOMIC_BC: tl.constexpr,
         BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, STEPS: tl.constexpr,
@@ -518,7 +531,8 @@ def _selective_scan_bwd_step_kernel(
     Blocks of STEPS scanned positions are visited last to first. For each block the kernel loads the state at the
     block start (stored by the step forward's pre-pass), recomputes the block's STEPS states in registers, then
     steps back through them with the adjoint ``adj_t = C_t dy_t + a_{t+1} adj_{t+1}``. dB/dC of each position are
-    summed over the program's channels and added across programs (atomics when ATOMIC_BC)."""
+    summed over the program's channels and added across programs (atomics when ATOMIC_BC). Sequence tensors are
+    addressed through their strides, as in the step forward."""
     pid_d = tl.program_id(0)
     group = tl.program_id(1).to(tl.int64) + group_offset
     batch = tl.program_id(2).to(tl.int64)
@@ -539,8 +553,17 @@ def _selective_scan_bwd_step_kernel(
         delta_bias = tl.load(delta_bias_ptr + chan, mask=mask_d, other=0.0)
     else:
         delta_bias = tl.zeros([BLOCK_D], dtype=tl.float32)
-    seq_row = (batch * channels + chan) * length
-    bc_row = ((batch * num_groups + group) * num_states + offs_n) * length
+    u_row = batch * su_b + chan * su_c
+    dt_row = batch * sdt_b + chan * sdt_c
+    z_row = batch * sz_b + chan * sz_c
+    g_row = batch * sg_b + chan * sg_c
+    du_row = batch * sdu_b + chan * sdu_c
+    ddt_row = batch * sddt_b + chan * sddt_c
+    dz_row = batch * sdz_b + chan * sdz_c
+    B_row = batch * sB_b + group * sB_g + offs_n * sB_n  # (BLOCK_N,)
+    C_row = batch * sC_b + group * sC_g + offs_n * sC_n
+    dB_row = batch * sdB_b + group * sdB_g + offs_n * sdB_n
+    dC_row = batch * sdC_b + group * sdC_g + offs_n * sdC_n
 
     # adj_carry = a_{t+1} * dL/dh_{t+1}: the adjoint flowing into step t from the later step (in scan order).
     if HAS_GRAD_LAST_STATE:
@@ -565,9 +588,9 @@ def _selective_scan_bwd_step_kernel(
             else:
                 t = i
             mask = mask_d & (i < length)
-            u = tl.load(u_ptr + seq_row + t, mask=mask, other=0.0).to(tl.float32)
-            dt = _step_dt(delta_ptr + seq_row + t, mask, delta_bias, HAS_DELTA_BIAS, DELTA_SOFTPLUS)
-            Bv = tl.load(B_ptr + bc_row + t, mask=mask_n & (i < length), other=0.0).to(tl.float32)
+            u = tl.load(u_ptr + u_row + t * su_l, mask=mask, other=0.0).to(tl.float32)
+            dt = _step_dt(delta_ptr + dt_row + t * sdt_l, mask, delta_bias, HAS_DELTA_BIAS, DELTA_SOFTPLUS)
+            Bv = tl.load(B_ptr + B_row + t * sB_l, mask=mask_n & (i < length), other=0.0).to(tl.float32)
             h = tl.exp2(dt[None, :] * A2) * h + Bv[:, None] * (dt * u)[None, :]
             hs = hs + (h,)
 
@@ -580,8 +603,8 @@ def _selective_scan_bwd_step_kernel(
                 t = i
             mask = mask_d & (i < length)
             mask_bc = mask_n & (i < length)
-            u = tl.load(u_ptr + seq_row + t, mask=mask, other=0.0).to(tl.float32)
-            dt_pre = tl.load(delta_ptr + seq_row + t, mask=mask, other=0.0).to(tl.float32)
+            u = tl.load(u_ptr + u_row + t * su_l, mask=mask, other=0.0).to(tl.float32)
+            dt_pre = tl.load(delta_ptr + dt_row + t * sdt_l, mask=mask, other=0.0).to(tl.float32)
             if HAS_DELTA_BIAS:
                 dt_pre += delta_bias
             if DELTA_SOFTPLUS:
@@ -589,18 +612,18 @@ def _selective_scan_bwd_step_kernel(
             else:
                 dt = dt_pre
             dt = tl.where(mask, dt, 0.0)
-            Bv = tl.load(B_ptr + bc_row + t, mask=mask_bc, other=0.0).to(tl.float32)
-            Cv = tl.load(C_ptr + bc_row + t, mask=mask_bc, other=0.0).to(tl.float32)
-            dout = tl.load(grad_out_ptr + seq_row + t, mask=mask, other=0.0).to(tl.float32)
+            Bv = tl.load(B_ptr + B_row + t * sB_l, mask=mask_bc, other=0.0).to(tl.float32)
+            Cv = tl.load(C_ptr + C_row + t * sC_l, mask=mask_bc, other=0.0).to(tl.float32)
+            dout = tl.load(grad_out_ptr + g_row + t * sg_l, mask=mask, other=0.0).to(tl.float32)
             h = hs[j]
             if HAS_Z:
-                zv = tl.load(z_ptr + seq_row + t, mask=mask, other=0.0).to(tl.float32)
+                zv = tl.load(z_ptr + z_row + t * sz_l, mask=mask, other=0.0).to(tl.float32)
                 y = tl.sum(h * Cv[:, None], axis=0)
                 if HAS_D:
                     y += D * u
                 sig_z = tl.sigmoid(zv)
                 dz = dout * y * sig_z * (1.0 + zv * (1.0 - sig_z))
-                tl.store(dz_ptr + seq_row + t, dz.to(dz_ptr.dtype.element_ty), mask=mask)
+                tl.store(dz_ptr + dz_row + t * sdz_l, dz.to(dz_ptr.dtype.element_ty), mask=mask)
                 dy = dout * zv * sig_z
             else:
                 dy = dout
@@ -621,16 +644,16 @@ def _selective_scan_bwd_step_kernel(
                 ddelta = ddt
             ddelta = tl.where(mask, ddelta, 0.0)
             dbias_acc += ddelta
-            tl.store(du_ptr + seq_row + t, du.to(du_ptr.dtype.element_ty), mask=mask)
-            tl.store(ddelta_ptr + seq_row + t, ddelta.to(ddelta_ptr.dtype.element_ty), mask=mask)
+            tl.store(du_ptr + du_row + t * sdu_l, du.to(du_ptr.dtype.element_ty), mask=mask)
+            tl.store(ddelta_ptr + ddt_row + t * sddt_l, ddelta.to(ddelta_ptr.dtype.element_ty), mask=mask)
             dB_t = tl.sum(adj * dtu[None, :], axis=1)  # (BLOCK_N,), summed over this program's channels
             dC_t = tl.sum(h * dy[None, :], axis=1)
             if ATOMIC_BC:
-                tl.atomic_add(dB_ptr + bc_row + t, dB_t, mask=mask_bc, sem='relaxed')
-                tl.atomic_add(dC_ptr + bc_row + t, dC_t, mask=mask_bc, sem='relaxed')
+                tl.atomic_add(dB_ptr + dB_row + t * sdB_l, dB_t, mask=mask_bc, sem='relaxed')
+                tl.atomic_add(dC_ptr + dC_row + t * sdC_l, dC_t, mask=mask_bc, sem='relaxed')
             else:
-                tl.store(dB_ptr + bc_row + t, dB_t.to(dB_ptr.dtype.element_ty), mask=mask_bc)
-                tl.store(dC_ptr + bc_row + t, dC_t.to(dC_ptr.dtype.element_ty), mask=mask_bc)
+                tl.store(dB_ptr + dB_row + t * sdB_l, dB_t.to(dB_ptr.dtype.element_ty), mask=mask_bc)
+                tl.store(dC_ptr + dC_row + t * sdC_l, dC_t.to(dC_ptr.dtype.element_ty), mask=mask_bc)
             adj_carry = tl.exp2(dt[None, :] * A2) * adj
 
     tl.store(dA_partial_ptr + state_offs, dA_acc, mask=mask_nd)
@@ -718,8 +741,7 @@ def _check_inputs(u, delta, A, B, C, D, z, delta_bias, reverse, local_window) ->
     for name, t in (('A', A), ('D', D), ('delta_bias', delta_bias)):
         if t is not None and t.dtype != torch.float32:
             raise TypeError(f'triton selective scan: {name} must be float32, got {t.dtype}')
-    for name, t in (('u', u), ('delta', delta), ('A', A), ('B', B), ('C', C), ('D', D), ('z', z),
-                    ('delta_bias', delta_bias)):
+    for name, t in (('A', A), ('D', D), ('delta_bias', delta_bias)):  # sequence tensors may have any strides
         if t is not None and not t.is_contiguous():
             raise ValueError(f'triton selective scan: {name} must be contiguous')
     if len(reverse) != B.shape[1]:
@@ -777,6 +799,7 @@ def _launch_fwd_step(u, delta, A, B, C, D, z, delta_bias, delta_softplus, revers
             out if write_output else dummy, last_state if write_output else dummy,
             chunk_states if chunk_states is not None else dummy,
             length, channels, per_group, num_groups, num_states, num_chunks, first_group,
+            *_strides(u), *_strides(delta), *_strides(z), *_strides(out), *_strides(B), *_strides(C),
             HAS_D=D is not None, HAS_Z=z is not None, HAS_DELTA_BIAS=delta_bias is not None,
             DELTA_SOFTPLUS=bool(delta_softplus), REVERSE=bool(is_reversed),
             WRITE_OUTPUT=write_output, WRITE_CHUNK_STATES=chunk_states is not None,
@@ -785,24 +808,33 @@ def _launch_fwd_step(u, delta, A, B, C, D, z, delta_bias, delta_softplus, revers
         )
 
 
+def _strides(t: Optional[torch.Tensor], ndim: int = None) -> Tuple[int, ...]:
+    """Strides of a sequence tensor ((batch, channels, L): 3, (batch, G, N, L): 4); zeros for an absent one."""
+    if t is None:
+        return (0,) * (ndim or 3)
+    return tuple(t.stride())
+
+
 def _grad_buffers(u, delta, B, C, D, z, delta_bias, atomic_bc: bool):
     """Outputs of a backward kernel: du, ddelta, dz (input dtypes), dB / dC (fp32 zeros when programs add into them
-    with atomics, else the input dtype), and per-batch fp32 partials of dA, dD, ddelta_bias (None where absent)."""
+    with atomics, else the input dtype), each in its input's memory order (:mod:`vmamba.kernels.layout`), and
+    per-batch fp32 partials of dA, dD, ddelta_bias (None where absent)."""
     batch, channels, _ = u.shape
     num_states = B.shape[2]
     device = u.device
     if atomic_bc:
-        dB = torch.zeros(B.shape, device=device, dtype=torch.float32)
-        dC = torch.zeros(C.shape, device=device, dtype=torch.float32)
+        dB = empty_states_like(B, torch.float32).zero_()
+        dC = empty_states_like(C, torch.float32).zero_()
     else:
-        dB = torch.empty_like(B)
-        dC = torch.empty_like(C)
-    dz = torch.empty_like(z) if z is not None else None
+        dB = empty_states_like(B)
+        dC = empty_states_like(C)
+    dz = empty_sequence_like(z) if z is not None else None
     dA_partial = torch.empty((batch, channels, num_states), device=device, dtype=torch.float32)
     dD_partial = torch.empty((batch, channels), device=device, dtype=torch.float32) if D is not None else None
     dbias_partial = (torch.empty((batch, channels), device=device, dtype=torch.float32)
                      if delta_bias is not None else None)
-    return torch.empty_like(u), torch.empty_like(delta), dz, dB, dC, dA_partial, dD_partial, dbias_partial
+    return (empty_sequence_like(u), empty_sequence_like(delta), dz, dB, dC, dA_partial, dD_partial,
+            dbias_partial)
 
 
 def _finish_grads(du, ddelta, dz, dB, dC, dA_partial, dD_partial, dbias_partial, bc_dtype: torch.dtype):
@@ -842,6 +874,9 @@ def _selective_scan_bwd_step(grad_out, grad_last_state, u, delta, A, B, C, D, z,
             du, ddelta, dz if dz is not None else dummy, dB, dC, dA_partial,
             dD_partial if dD_partial is not None else dummy, dbias_partial if dbias_partial is not None else dummy,
             length, channels, per_group, num_groups, num_states, num_chunks, first_group,
+            *_strides(u), *_strides(delta), *_strides(z), *_strides(grad_out),
+            *_strides(du), *_strides(ddelta), *_strides(dz),
+            *_strides(B), *_strides(C), *_strides(dB), *_strides(dC),
             HAS_D=D is not None, HAS_Z=z is not None, HAS_DELTA_BIAS=delta_bias is not None,
             DELTA_SOFTPLUS=bool(delta_softplus), REVERSE=bool(is_reversed),
             HAS_GRAD_LAST_STATE=grad_last_state is not None, ATOMIC_BC=atomic_bc,
@@ -873,15 +908,18 @@ def selective_scan_fwd(
     """Selective scan forward.
 
     Args:
-        u, delta, z: (batch, channels, L), contiguous, one dtype in {fp32, fp16, bf16}; z may be None.
-        A: (channels, N) fp32. B, C: (batch, G, N, L), dtype of u. D, delta_bias: (channels,) fp32 or None.
+        u, delta, z: (batch, channels, L), one dtype in {fp32, fp16, bf16}; z may be None. Any strides: the step
+            kernels address them through their strides (token-major views stay uncopied), the chunked kernels
+            copy non-contiguous ones.
+        A: (channels, N) fp32. B, C: (batch, G, N, L), dtype of u, any strides. D, delta_bias: (channels,) fp32
+            or None (A, D, delta_bias contiguous).
         reverse: G bools; group g (channels [g*ch/G, (g+1)*ch/G)) scans from the end, output in input order.
         local_window: 0 (off) or the LBMamba window W >= 1 (windows [kW, (k+1)W) in scan order).
         out_dtype: dtype of ``out``.
         config: tile sizes (default: :func:`default_config`; for N > 1 without LB window the step-by-step kernel
             runs and ``config`` is its 'fwd_step' config: ``block_d`` channels, ``block_l`` unrolled steps).
     Returns:
-        out (batch, channels, L) in ``out_dtype``, last_state (batch, channels, N) fp32 (the forward state after
+        out (batch, channels, L) in ``out_dtype`` and in u's memory order (:mod:`vmamba.kernels.layout`), last_state (batch, channels, N) fp32 (the forward state after
         the last scanned step).
     """
     reverse = tuple(bool(r) for r in reverse)
@@ -889,7 +927,7 @@ def selective_scan_fwd(
     _check_inputs(u, delta, A, B, C, D, z, delta_bias, reverse, local_window)
     batch, channels, length = u.shape
     num_states = A.shape[1]
-    out = torch.empty((batch, channels, length), device=u.device, dtype=out_dtype)
+    out = empty_sequence_like(u, out_dtype)
     last_state = torch.empty((batch, channels, num_states), device=u.device, dtype=torch.float32)
     if _uses_step_kernels(num_states, local_window):
         if config is None:
@@ -898,8 +936,14 @@ def selective_scan_fwd(
         return out, last_state
     if config is None:
         config = default_config('fwd', num_states, length, channels // B.shape[1])
+    # The chunked kernels read and write contiguous (batch, channels, L) rows.
+    u, delta, B, C = u.contiguous(), delta.contiguous(), B.contiguous(), C.contiguous()
+    z = z.contiguous() if z is not None else None
+    flat_out = out if out.is_contiguous() else torch.empty((batch, channels, length), device=u.device, dtype=out_dtype)
     _launch_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, local_window, config,
-                out, last_state, None)
+                flat_out, last_state, None)
+    if flat_out is not out:
+        out.copy_(flat_out)
     return out, last_state
 
 
@@ -927,8 +971,9 @@ def selective_scan_bwd(
         config: tile sizes (default: :func:`default_config`; for N > 1 without LB window the step-by-step kernels
             run and ``config`` is their 'bwd_step' config: ``block_d`` channels, ``block_l`` steps per block).
     Returns:
-        (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias): du/ddelta/dz/dB/dC in the dtype of the corresponding input,
-        dA/dD/ddelta_bias fp32; None where the input was None.
+        (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias): du/ddelta/dz/dB/dC in the dtype of the corresponding input
+        (step kernels: also in its memory order; chunked kernels: contiguous), dA/dD/ddelta_bias fp32; None where
+        the input was None.
     """
     reverse = tuple(bool(r) for r in reverse)
     local_window = int(local_window or 0)
@@ -938,12 +983,14 @@ def selective_scan_bwd(
     per_group = channels // num_groups
     if grad_out.shape != u.shape:
         raise ValueError(f'triton selective scan: grad_out shape {tuple(grad_out.shape)} != {tuple(u.shape)}')
-    grad_out = grad_out.contiguous()
     if grad_last_state is not None:
         grad_last_state = grad_last_state.to(torch.float32).contiguous()
     if _uses_step_kernels(num_states, local_window):
         return _selective_scan_bwd_step(grad_out, grad_last_state, u, delta, A, B, C, D, z, delta_bias,
                                         delta_softplus, reverse, config)
+    # The chunked kernels work on contiguous rows (and return contiguous gradients).
+    grad_out, u, delta, B, C = (t.contiguous() for t in (grad_out, u, delta, B, C))
+    z = z.contiguous() if z is not None else None
     if config is None:
         config = default_config('bwd', num_states, length, per_group)
     block_d, block_n, block_l, chunk = _resolve(config, num_states, local_window, length)

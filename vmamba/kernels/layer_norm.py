@@ -1,0 +1,178 @@
+"""LayerNorm over the last dim of channels-last maps and token sequences, as autograd custom ops.
+
+:func:`layer_norm_last_dim`: ``x (..., C)``, ``weight (C,)`` and ``bias (C,)`` (each optional) -> ``y (..., C)``::
+
+    mean = mean_C(x);  var = mean_C((x - mean)^2)  (biased, like F.layer_norm);  rstd = 1 / sqrt(var + eps)
+    y = (x - mean) * rstd * weight + bias
+
+Statistics and affine are computed in fp32 (fp64 for fp64 x); y is stored in ``out_dtype`` (default x's dtype),
+gradients in the dtype of their input. CUDA tensors with fp32/fp16/bf16 x and C <= 8192 run the Triton kernels of
+``triton/layer_norm.py`` (many rows per program: PyTorch's CUDA kernel spends one thread block per row, ~10x its
+memory floor for the C = 48..192 maps of VMamba / EfficientVMamba). Everything else (other devices, fp64,
+C > 8192 whose rows are long enough for PyTorch's per-row kernel, ``VMAMBA_SCAN_BACKEND=reference``) runs
+``torch.native_layer_norm`` and its backward in the compute dtype. :func:`layer_norm_last_dim_ref` is the plain
+(autograd-differentiable) PyTorch spec the tests compare against.
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .interface import scan_backend
+
+__all__ = ['layer_norm_last_dim', 'layer_norm_last_dim_ref']
+
+_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+_TRITON_MAX_CHANNELS = 8192  # = triton/layer_norm.py MAX_CHANNELS (not imported: triton loads lazily)
+
+
+def _use_triton(x: Tensor) -> bool:
+    return (scan_backend(x.device) == 'triton' and x.dtype in (torch.float32, torch.float16, torch.bfloat16)
+            and x.shape[-1] <= _TRITON_MAX_CHANNELS)
+
+
+def _compute_dtype(x: Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _cast(t: Optional[Tensor], dtype: torch.dtype) -> Optional[Tensor]:
+    return None if t is None else t.to(dtype)
+
+
+def layer_norm_last_dim_ref(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: float = 1e-5,
+                            out_dtype: Optional[torch.dtype] = None) -> Tensor:
+    """(..., C), (C,) or None, (C,) or None -> (..., C) contiguous in ``out_dtype`` (default x's dtype).
+
+    ``F.layer_norm`` in fp32 (fp64 for fp64 x); plain PyTorch, differentiable."""
+    dtype = _compute_dtype(x)
+    y = F.layer_norm(x.to(dtype), (x.shape[-1],), _cast(weight, dtype), _cast(bias, dtype), eps)
+    return y.to(out_dtype or x.dtype).contiguous()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Custom ops on (M, C) rows. The forward also returns the row statistics mean, rstd (M,) (fp32; fp64 for fp64 x),
+# saved for the backward. Absent weight / bias gradients travel as empty tensors.
+
+@torch.library.custom_op('vmamba::layer_norm_last_dim', mutates_args=())
+def _layer_norm_op(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: float,
+                   out_dtype: torch.dtype) -> Tuple[Tensor, Tensor, Tensor]:
+    if _use_triton(x):
+        from .triton.layer_norm import layer_norm_fwd
+        return layer_norm_fwd(x, weight, bias, eps, out_dtype)
+    dtype = _compute_dtype(x)
+    num_rows, channels = x.shape
+    with torch.autocast(x.device.type, enabled=False), torch.no_grad():
+        y, mean, rstd = torch.native_layer_norm(x.to(dtype), [channels], _cast(weight, dtype), _cast(bias, dtype),
+                                                eps)
+    return y.to(out_dtype).contiguous(), mean.reshape(num_rows), rstd.reshape(num_rows)
+
+
+@_layer_norm_op.register_fake
+def _layer_norm_fake(x, weight, bias, eps, out_dtype):
+    stats = _compute_dtype(x)
+    return (x.new_empty(x.shape, dtype=out_dtype), x.new_empty((x.shape[0],), dtype=stats),
+            x.new_empty((x.shape[0],), dtype=stats))
+
+
+@torch.library.custom_op('vmamba::layer_norm_last_dim_backward', mutates_args=())
+def _layer_norm_backward_op(grad_out: Tensor, x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
+                            mean: Tensor, rstd: Tensor) -> List[Tensor]:
+    """Returns [dx (M, C) contiguous, dweight (C,) or empty, dbias (C,) or empty]."""
+    if _use_triton(x):
+        from .triton.layer_norm import layer_norm_bwd
+        dx, dweight, dbias = layer_norm_bwd(grad_out, x, weight, bias, mean, rstd)
+    else:
+        dtype = _compute_dtype(x)
+        num_rows, channels = x.shape
+        with torch.autocast(x.device.type, enabled=False), torch.no_grad():
+            dx, dweight, dbias = torch.ops.aten.native_layer_norm_backward(
+                grad_out.to(dtype), x.to(dtype), [channels], mean.view(num_rows, 1), rstd.view(num_rows, 1),
+                _cast(weight, dtype), _cast(bias, dtype), [True, weight is not None, bias is not None])
+        dx = x.new_empty(x.shape).copy_(dx)
+        dweight = None if weight is None else dweight.to(weight.dtype)
+        dbias = None if bias is None else dbias.to(bias.dtype)
+    return [dx, x.new_empty((0,)) if dweight is None else dweight, x.new_empty((0,)) if dbias is None else dbias]
+
+
+@_layer_norm_backward_op.register_fake
+def _layer_norm_backward_fake(grad_out, x, weight, bias, mean, rstd):
+    return [x.new_empty(x.shape), x.new_empty((0,)) if weight is None else weight.new_empty(weight.shape),
+            x.new_empty((0,)) if bias is None else bias.new_empty(bias.shape)]
+
+
+def _setup_context(ctx, inputs, output):
+    x, weight, bias, eps, out_dtype = inputs
+    _, mean, rstd = output
+    ctx.mark_non_differentiable(mean, rstd)
+    ctx.save_for_backward(x, weight, bias, mean, rstd)
+
+
+def _backward(ctx, grad_out, grad_mean, grad_rstd):
+    x, weight, bias, mean, rstd = ctx.saved_tensors
+    dx, dweight, dbias = torch.ops.vmamba.layer_norm_last_dim_backward(
+        grad_out.contiguous(), x, weight, bias, mean, rstd)
+    return dx, dweight if weight is not None else None, dbias if bias is not None else None, None, None
+
+
+_layer_norm_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Validation and the public function
+
+def _validate(x, weight, bias, out_dtype) -> None:
+    if not isinstance(x, Tensor):
+        raise TypeError(f'layer_norm_last_dim: x must be a torch.Tensor, got {type(x).__name__}')
+    if x.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f'layer_norm_last_dim: x must be a floating tensor (fp32/fp16/bf16/fp64), got {x.dtype}')
+    if x.dim() == 0 or x.shape[-1] == 0:
+        raise ValueError(f'layer_norm_last_dim: x must be (..., C) with C >= 1, got shape {tuple(x.shape)}')
+    channels = x.shape[-1]
+    for name, t in (('weight', weight), ('bias', bias)):
+        if t is None:
+            continue
+        if not isinstance(t, Tensor):
+            raise TypeError(f'layer_norm_last_dim: {name} must be a torch.Tensor or None, got {type(t).__name__}')
+        if t.dtype not in _FLOAT_DTYPES:
+            raise TypeError(f'layer_norm_last_dim: {name} must be a floating tensor, got {t.dtype}')
+        if tuple(t.shape) != (channels,):
+            raise ValueError(f'layer_norm_last_dim: {name} must be (C={channels},) for x of shape {tuple(x.shape)}, '
+                             f'got {tuple(t.shape)}')
+        if t.device != x.device:
+            raise ValueError(f'layer_norm_last_dim: {name} is on {t.device} but x is on {x.device}; '
+                             f'put all inputs on one device')
+    if out_dtype is not None and out_dtype not in _FLOAT_DTYPES:
+        raise TypeError(f'layer_norm_last_dim: out_dtype must be one of fp32/fp16/bf16/fp64 or None, got {out_dtype}')
+
+
+def _rows(x: Tensor) -> Tensor:
+    """(..., C) -> (M, C) rows with unit column stride and one row stride: a view when the strides allow it."""
+    channels = x.shape[-1]
+    if channels > 1 and x.stride(-1) != 1:
+        x = x.contiguous()
+    return x.reshape(-1, channels)  # copies (contiguous) only if the leading dims do not merge into one stride
+
+
+def layer_norm_last_dim(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: float = 1e-5,
+                        out_dtype: Optional[torch.dtype] = None) -> Tensor:
+    """LayerNorm over the last dim, statistics and affine in fp32 (fp64 for fp64 x).
+
+    Args:
+        x: (..., C) fp32/fp16/bf16/fp64. Read in place when its leading dims merge into rows with one stride and
+            unit channel stride (contiguous maps, channels-last views of NCHW maps, ``x_wide[..., :C]``); copied
+            otherwise.
+        weight, bias: (C,) any float dtype, or None (each independently).
+        eps: added to the biased variance.
+        out_dtype: dtype of the result; default x's dtype (e.g. fp32 for an fp32-output norm of fp16 maps).
+    Returns:
+        (..., C) contiguous in ``out_dtype``. Gradients: dx in x's dtype, dweight / dbias in their own dtypes.
+    """
+    _validate(x, weight, bias, out_dtype)
+    rows = _rows(x)
+    y, _, _ = torch.ops.vmamba.layer_norm_last_dim(
+        rows, None if weight is None else weight.contiguous(), None if bias is None else bias.contiguous(),
+        float(eps), out_dtype or x.dtype)
+    return y.view(x.shape)
