@@ -143,9 +143,10 @@ def _conv_silu_bwd_dx_kernel(
 # Launchers
 
 # (BLOCK_T, BLOCK_C, num_warps) per kernel, from an H100 sweep at Vim-S sizes (batch 8-64, L = 197, G*E = 1536).
-# The dpre kernel wants 1 warp over 128 channels: its reductions over positions then never leave a thread.
+# The dpre kernel wants 1 warp (its reductions over positions then stay inside threads) and small tiles (larger
+# ones spill registers: 4-20x slower).
 _FWD_CONFIG = (16, 128, 4)
-_DPRE_CONFIG = (16, 128, 1)
+_DPRE_CONFIG = (16, 64, 1)
 _DX_CONFIG = (16, 128, 4)
 
 
