@@ -1,6 +1,7 @@
 """vmamba/flops.py: the scan formula, the papers' convention, and the published VMamba counts."""
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -44,6 +45,23 @@ def test_vmamba_tiny_matches_published_count():
     assert count.total / 1e9 == pytest.approx(4.906, abs=0.001)
     assert count.scan / 1e9 == pytest.approx(0.0632, abs=0.0005)
     assert count_params(model) == 30_249_064
+
+
+def test_vim_count_leaves_out_block_diagonal_zeros():
+    """Vim's two branch projections run as block-diagonal GEMMs; the count is the math of the per-branch GEMMs.
+    Independent count of the projections: G branches x tokens x (E (R + 2N) + R E) multiply-adds."""
+    from vmamba.layers.mamba_mixer import MambaMixer
+    model = timm.create_model('vim_tiny_patch16_224', device='meta')
+    count = count_flops(model, (3, 224, 224))
+    assert count.total / 1e9 == pytest.approx(1.830, abs=0.001)  # the count before the block-diagonal GEMMs
+    mixer = MambaMixer(192, scan='bidirectional', device='meta')
+    E, R, N, tokens = mixer.d_inner, mixer.dt_rank, mixer.d_state, 197
+    counter = torch.utils.flop_counter.FlopCounterMode(display=False)
+    with counter:
+        F.linear(torch.empty(tokens, 2 * E, device='meta'), torch.empty(2 * (R + 2 * N), 2 * E, device='meta'))
+        F.linear(torch.empty(tokens, 2 * R, device='meta'), torch.empty(2 * E, 2 * R, device='meta'))
+    packed_macs = counter.get_total_flops() // 2
+    assert packed_macs - mixer.padding_macs(tokens) == 2 * tokens * (E * (R + 2 * N) + R * E)
 
 
 def test_flops_tool_prints_table(capsys):

