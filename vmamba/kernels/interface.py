@@ -13,7 +13,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
-from .layout import empty_sequence_like, empty_states_like
+from .layout import dispatch_through_custom_op, empty_sequence_like, empty_states_like
 from .reference import normalize_reverse, selective_scan_ref
 
 __all__ = ['selective_scan', 'scan_backend']
@@ -286,7 +286,7 @@ def selective_scan(
     args = (u, delta, A.contiguous(), B, C, None if D is None else D.contiguous(), z,
             None if delta_bias is None else delta_bias.contiguous(),
             bool(delta_softplus), reverse_list, int(local_window or 0), out_dtype or u.dtype)
-    if torch.compiler.is_compiling():
+    if dispatch_through_custom_op(u):
         out, last_state = torch.ops.vmamba.selective_scan(*args)
     else:
         out, last_state = _EagerSelectiveScan.apply(*args)

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .interface import scan_backend
+from .layout import dispatch_through_custom_op
 
 __all__ = ['layer_norm_last_dim', 'layer_norm_last_dim_ref']
 
@@ -197,7 +198,7 @@ def layer_norm_last_dim(x: Tensor, weight: Optional[Tensor], bias: Optional[Tens
     rows = _rows(x)
     args = (rows, None if weight is None else weight.contiguous(), None if bias is None else bias.contiguous(),
             float(eps), out_dtype or x.dtype)
-    if torch.compiler.is_compiling():
+    if dispatch_through_custom_op(rows):
         y, _, _ = torch.ops.vmamba.layer_norm_last_dim(*args)
     else:
         y = _EagerLayerNorm.apply(*args)
