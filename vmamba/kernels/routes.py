@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from .interface import scan_backend
+from .layout import dispatch_through_custom_op
 
 __all__ = ['gather_routes', 'merge_routes', 'gather_routes_ref', 'merge_routes_ref']
 
@@ -43,12 +44,14 @@ def merge_routes_ref(routes: Tensor, inverse: Tensor) -> Tensor:
     return out
 
 
-@torch.library.custom_op('vmamba::gather_routes', mutates_args=())
-def _gather_routes_op(tokens: Tensor, index: Tensor, inverse: Tensor) -> Tensor:
+def _gather_impl(tokens: Tensor, index: Tensor, inverse: Tensor) -> Tensor:
     if _use_triton(tokens):
         from .triton.routes import gather_routes_triton
         return gather_routes_triton(tokens, index)
     return gather_routes_ref(tokens, index)
+
+
+_gather_routes_op = torch.library.custom_op('vmamba::gather_routes', mutates_args=())(_gather_impl)
 
 
 @_gather_routes_op.register_fake
@@ -56,12 +59,14 @@ def _gather_routes_fake(tokens, index, inverse):
     return tokens.new_empty((tokens.shape[0], index.shape[0], tokens.shape[2], index.shape[1]))
 
 
-@torch.library.custom_op('vmamba::merge_routes', mutates_args=())
-def _merge_routes_op(routes: Tensor, index: Tensor, inverse: Tensor) -> Tensor:
+def _merge_impl(routes: Tensor, index: Tensor, inverse: Tensor) -> Tensor:
     if _use_triton(routes):
         from .triton.routes import merge_routes_triton
         return merge_routes_triton(routes, inverse)
     return merge_routes_ref(routes, inverse)
+
+
+_merge_routes_op = torch.library.custom_op('vmamba::merge_routes', mutates_args=())(_merge_impl)
 
 
 @_merge_routes_op.register_fake
@@ -86,6 +91,35 @@ def _merge_backward(ctx, grad):
 
 _gather_routes_op.register_autograd(_gather_backward, setup_context=_save_maps)
 _merge_routes_op.register_autograd(_merge_backward, setup_context=_save_maps)
+
+
+class _EagerGatherRoutes(torch.autograd.Function):
+    """The gather op's implementation without the custom-op dispatch (~30-50 us host per call); eager tensors only
+    (``layout.dispatch_through_custom_op``). Backward: the eager merge."""
+
+    @staticmethod
+    def forward(ctx, tokens, index, inverse):
+        ctx.save_for_backward(index, inverse)
+        return _gather_impl(tokens, index, inverse)
+
+    @staticmethod
+    def backward(ctx, grad):
+        index, inverse = ctx.saved_tensors
+        return _EagerMergeRoutes.apply(grad.contiguous(), index, inverse), None, None
+
+
+class _EagerMergeRoutes(torch.autograd.Function):
+    """The merge op's implementation without the custom-op dispatch. Backward: the eager gather."""
+
+    @staticmethod
+    def forward(ctx, routes, index, inverse):
+        ctx.save_for_backward(index, inverse)
+        return _merge_impl(routes, index, inverse)
+
+    @staticmethod
+    def backward(ctx, grad):
+        index, inverse = ctx.saved_tensors
+        return _EagerGatherRoutes.apply(_channel_contiguous(grad), index, inverse), None, None
 
 
 def _channel_contiguous(tokens: Tensor) -> Tensor:
@@ -119,7 +153,10 @@ def gather_routes(tokens: Tensor, index: Tensor, inverse: Tensor) -> Tensor:
     if tokens.ndim != 3:
         raise ValueError(f'gather_routes expects (batch, positions, channels) tokens, got shape {tuple(tokens.shape)}')
     _check_maps(index, inverse, tokens.device, tokens.shape[1])
-    return _gather_routes_op(_channel_contiguous(tokens), index, inverse)
+    tokens = _channel_contiguous(tokens)
+    if dispatch_through_custom_op(tokens):
+        return _gather_routes_op(tokens, index, inverse)
+    return _EagerGatherRoutes.apply(tokens, index, inverse)
 
 
 def merge_routes(routes: Tensor, index: Tensor, inverse: Tensor) -> Tensor:
@@ -135,4 +172,7 @@ def merge_routes(routes: Tensor, index: Tensor, inverse: Tensor) -> Tensor:
         raise ValueError(f'merge_routes expects routes of shape (batch, {index.shape[0]}, C, {index.shape[1]}), '
                          f'got {tuple(routes.shape)}')
     _check_maps(index, inverse, routes.device, inverse.shape[1])
-    return _merge_routes_op(routes.contiguous(), index, inverse)
+    routes = routes.contiguous()
+    if dispatch_through_custom_op(routes):
+        return _merge_routes_op(routes, index, inverse)
+    return _EagerMergeRoutes.apply(routes, index, inverse)
