@@ -19,12 +19,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .interface import scan_backend
+from .interface import check_float_tensor, scan_backend
 from .layout import dispatch_through_custom_op
 
 __all__ = ['depthwise_conv_silu', 'depthwise_conv_silu_ref']
 
-_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
 def _use_triton(x: Tensor) -> bool:
@@ -147,15 +146,7 @@ class _EagerConvSilu(torch.autograd.Function):
 # Validation and the public function
 
 def _check_tensor(name: str, t, ndim: int, device) -> None:
-    if not isinstance(t, Tensor):
-        raise TypeError(f'depthwise_conv_silu: {name} must be a torch.Tensor, got {type(t).__name__}')
-    if t.dim() != ndim:
-        raise ValueError(f'depthwise_conv_silu: {name} must have {ndim} dims, got shape {tuple(t.shape)}')
-    if t.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f'depthwise_conv_silu: {name} must be a floating tensor (fp32/fp16/bf16/fp64), got {t.dtype}')
-    if device is not None and t.device != device:
-        raise ValueError(f'depthwise_conv_silu: {name} is on {t.device} but x is on {device}; '
-                         f'put all inputs on one device')
+    check_float_tensor('depthwise_conv_silu', name, t, ndim, device, 'x')
 
 
 def _validate(x, weight, bias, groups_out) -> None:

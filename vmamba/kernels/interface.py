@@ -185,15 +185,22 @@ class _EagerSelectiveScan(torch.autograd.Function):
 # ----------------------------------------------------------------------------------------------------------------
 # Validation and the public function
 
-def _check_tensor(name: str, t: Tensor, ndim: int, device: torch.device) -> None:
+def check_float_tensor(op: str, name: str, t: Tensor, ndim: int, device: Optional[torch.device],
+                       device_of: str) -> None:
+    """One clear error for a non-tensor, a wrong number of dims, a non-float dtype, or a tensor on another device
+    than ``device`` (that of the op's input ``device_of``; None: not checked). Messages start with ``op``."""
     if not isinstance(t, Tensor):
-        raise TypeError(f'selective_scan: {name} must be a torch.Tensor, got {type(t).__name__}')
+        raise TypeError(f'{op}: {name} must be a torch.Tensor, got {type(t).__name__}')
     if t.dim() != ndim:
-        raise ValueError(f'selective_scan: {name} must have {ndim} dims, got shape {tuple(t.shape)}')
+        raise ValueError(f'{op}: {name} must have {ndim} dims, got shape {tuple(t.shape)}')
     if t.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f'selective_scan: {name} must be a floating tensor (fp32/fp16/bf16/fp64), got {t.dtype}')
-    if t.device != device:
-        raise ValueError(f'selective_scan: {name} is on {t.device} but u is on {device}; put all inputs on one device')
+        raise TypeError(f'{op}: {name} must be a floating tensor (fp32/fp16/bf16/fp64), got {t.dtype}')
+    if device is not None and t.device != device:
+        raise ValueError(f'{op}: {name} is on {t.device} but {device_of} is on {device}; put all inputs on one device')
+
+
+def _check_tensor(name: str, t: Tensor, ndim: int, device: torch.device) -> None:
+    check_float_tensor('selective_scan', name, t, ndim, device, 'u')
 
 
 def _validate(u, delta, A, B, C, D, z, delta_bias, local_window) -> None:

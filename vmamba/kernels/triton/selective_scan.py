@@ -808,10 +808,11 @@ def _launch_fwd_step(u, delta, A, B, C, D, z, delta_bias, delta_softplus, revers
         )
 
 
-def _strides(t: Optional[torch.Tensor], ndim: int = None) -> Tuple[int, ...]:
-    """Strides of a sequence tensor ((batch, channels, L): 3, (batch, G, N, L): 4); zeros for an absent one."""
+def _strides(t: Optional[torch.Tensor]) -> Tuple[int, ...]:
+    """Strides of a sequence tensor ((batch, channels, L) or (batch, G, N, L)); three zeros for an absent (z-like)
+    one."""
     if t is None:
-        return (0,) * (ndim or 3)
+        return (0, 0, 0)
     return tuple(t.stride())
 
 
