@@ -25,7 +25,6 @@ from .layout import dispatch_through_custom_op
 __all__ = ['depthwise_conv_silu', 'depthwise_conv_silu_ref']
 
 
-
 def _use_triton(x: Tensor) -> bool:
     return scan_backend(x.device) == 'triton' and x.dtype in (torch.float32, torch.float16, torch.bfloat16)
 

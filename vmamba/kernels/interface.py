@@ -13,7 +13,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
-from .layout import dispatch_through_custom_op, empty_sequence_like, empty_states_like
+from .layout import contiguous_strides, dispatch_through_custom_op, empty_sequence_like, layout_strides
 from .reference import normalize_reverse, selective_scan_ref
 
 __all__ = ['selective_scan', 'scan_backend']
@@ -75,17 +75,20 @@ def _grads_like_inputs(grads, inputs) -> List[Tensor]:
         if x is None:
             result.append(inputs[0].new_empty((0,)))
             continue
-        like = _empty_grad_like(i, x)
-        result.append(g.to(x.dtype) if g.stride() == like.stride() else like.copy_(g))
+        strides = _grad_strides(i, x)
+        if g.stride() == strides:
+            result.append(g.to(x.dtype))
+        else:
+            result.append(torch.empty_strided(x.shape, strides, device=x.device, dtype=x.dtype).copy_(g))
     return result
 
 
-def _empty_grad_like(index: int, x: Tensor) -> Tensor:
-    if index in (0, 1, 6):  # u, delta, z
-        return empty_sequence_like(x)
-    if index in (3, 4):  # B, C
-        return empty_states_like(x)
-    return torch.empty_like(x, memory_format=torch.contiguous_format)
+def _grad_strides(index: int, x: Tensor) -> Tuple[int, ...]:
+    """Strides of the gradient of input ``index`` (u, delta, B, C, z: their memory order; A, D, delta_bias:
+    contiguous)."""
+    if index in (0, 1, 3, 4, 6):  # u, delta, B, C, z
+        return layout_strides(x)
+    return contiguous_strides(x.shape)
 
 
 def _selective_scan_backward_impl(
@@ -110,7 +113,7 @@ _selective_scan_backward_op = torch.library.custom_op('vmamba::selective_scan_ba
 @_selective_scan_backward_op.register_fake
 def _selective_scan_backward_fake(grad_out, grad_last_state, u, delta, A, B, C, D, z, delta_bias,
                                   delta_softplus, reverse, local_window):
-    return [u.new_empty((0,)) if t is None else _empty_grad_like(i, t)
+    return [u.new_empty((0,)) if t is None else t.new_empty_strided(t.shape, _grad_strides(i, t))
             for i, t in enumerate((u, delta, A, B, C, D, z, delta_bias))]
 
 

@@ -12,13 +12,13 @@ below, which the fake (meta) implementations call too, so real and traced stride
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
-__all__ = ['is_token_major', 'empty_sequence_like', 'empty_states_like', 'dispatch_through_custom_op']
+__all__ = ['is_token_major', 'contiguous_strides', 'layout_strides', 'empty_sequence_like', 'empty_states_like', 'dispatch_through_custom_op']
 
 
 def is_token_major(t: Tensor) -> bool:
@@ -28,22 +28,35 @@ def is_token_major(t: Tensor) -> bool:
     return t.shape[middle] > 1 and t.shape[-1] > 1 and t.stride(middle) == 1
 
 
+def contiguous_strides(shape: Sequence[int]) -> Tuple[int, ...]:
+    """Strides of a contiguous tensor of ``shape``."""
+    strides, step = [], 1
+    for size in reversed(shape):
+        strides.append(step)
+        step *= max(size, 1)
+    return tuple(reversed(strides))
+
+
+def layout_strides(ref: Tensor) -> Tuple[int, ...]:
+    """Strides of a dense (batch, channels, L) or (batch, G, N, L) tensor in ``ref``'s memory order: token-major
+    (memory (batch, L, channels) / (batch, L, G, N)) when ``ref`` is, else contiguous."""
+    if ref.dim() == 3:
+        batch, channels, length = ref.shape
+        return (length * channels, 1, channels) if is_token_major(ref) else contiguous_strides(ref.shape)
+    batch, groups, states, length = ref.shape
+    if is_token_major(ref):
+        return (length * groups * states, states, 1, groups * states)
+    return contiguous_strides(ref.shape)
+
+
 def empty_sequence_like(ref: Tensor, dtype: Optional[torch.dtype] = None) -> Tensor:
     """Uninitialised (batch, channels, L) tensor in ``ref``'s memory order (token-major or contiguous)."""
-    dtype = dtype or ref.dtype
-    batch, channels, length = ref.shape
-    if is_token_major(ref):
-        return torch.empty((batch, length, channels), device=ref.device, dtype=dtype).transpose(1, 2)
-    return torch.empty((batch, channels, length), device=ref.device, dtype=dtype)
+    return torch.empty_strided(ref.shape, layout_strides(ref), device=ref.device, dtype=dtype or ref.dtype)
 
 
 def empty_states_like(ref: Tensor, dtype: Optional[torch.dtype] = None) -> Tensor:
     """Uninitialised (batch, G, N, L) tensor in ``ref``'s memory order (token-major: memory (batch, L, G, N))."""
-    dtype = dtype or ref.dtype
-    batch, groups, states, length = ref.shape
-    if is_token_major(ref):
-        return torch.empty((batch, length, groups, states), device=ref.device, dtype=dtype).permute(0, 2, 3, 1)
-    return torch.empty((batch, groups, states, length), device=ref.device, dtype=dtype)
+    return torch.empty_strided(ref.shape, layout_strides(ref), device=ref.device, dtype=dtype or ref.dtype)
 
 
 def dispatch_through_custom_op(t: Tensor) -> bool:

@@ -225,7 +225,7 @@ class MambaMixer(nn.Module):
         Everything stays token-major, (batch, L, features): the conv, the projections and the scan (which reads
         and writes transposed views, ``vmamba/kernels/layout.py``); no activation is transposed or repeated.
         """
-        batch, seq_len, _ = hidden.shape
+        seq_len = hidden.shape[1]
         inner, rank, state = self.d_inner, self.dt_rank, self.d_state
         branches = self._branch_modules()
         groups = len(branches)
