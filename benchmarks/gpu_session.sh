@@ -8,6 +8,10 @@
 #   scan     : benchmarks/bench_scan.py $SCAN_ARGS (default --quick: no reference check) -> $OUT/scan.md / scan.json.
 #   profile  : benchmarks/profile_gpu.py (top CUDA kernels of one AMP train step; PROFILE_ARGS=--infer: inference)
 #              for each of $PROFILE_MODELS.
+#   ab       : $ROUNDS (default 2) alternating rounds of "baseline tree, then this tree" (models + peers in both, no
+#              FLOPs), so that a drift of the host's speed during the session hits both alike -> $OUT/ab_{old,new}_<r>.
+#   graph    : the bench part with --cuda-graph (every step replayed as one CUDA graph: the GPU work alone) for this
+#              tree (models + peers) and, if $BASELINE_TREE is set, the baseline tree -> $OUT/graph_{new,old}.
 #   baseline : the same benchmark of $BASELINE_MODELS from an older checkout in $BASELINE_TREE (made with
 #              `git archive <commit> vmamba tools | tar -x -C <dir>`), in the same run, so old and new are comparable.
 # The device image has an older timm: timm 1.0.31 (and pytest) go on PYTHONPATH from .gpu_deps/ if present.
@@ -36,6 +40,20 @@ for part in $PARTS; do
                timeout 120 python benchmarks/profile_gpu.py --model "$m" --rows 20 ${PROFILE_ARGS:-} 2>&1 | grep -v Warning \
                  | tail -26
              done ;;
+    ab) for r in $(seq 1 "${ROUNDS:-2}"); do
+          (cd "$BASELINE_TREE" && PYTHONPATH="$ROOT/.gpu_deps:$PWD" timeout 280 python tools/benchmark.py \
+             --models "$BASELINE_MODELS" --peers "$PEERS" --no-flops $BENCH_ARGS --out "$OUT/ab_old_$r" 2>&1 \
+             | grep -v Warning | grep img/s | sed 's/^/old /')
+          timeout 280 python tools/benchmark.py --models "$MODELS" --peers "$PEERS" --no-flops $BENCH_ARGS \
+             --out "$OUT/ab_new_$r" 2>&1 | grep -v Warning | grep img/s | sed 's/^/new /'
+        done ;;
+    graph) timeout 280 python tools/benchmark.py --models "$MODELS" --peers "$PEERS" --no-flops --cuda-graph $BENCH_ARGS \
+             --out "$OUT/graph_new" 2>&1 | grep -v Warning | grep img/s | sed 's/^/new /'
+           if [ -n "${BASELINE_TREE:-}" ]; then
+             (cd "$BASELINE_TREE" && PYTHONPATH="$ROOT/.gpu_deps:$PWD" timeout 200 python "$ROOT/tools/benchmark.py" \
+               --models "$BASELINE_MODELS" --no-peers --no-flops --cuda-graph $BENCH_ARGS --out "$OUT/graph_old" 2>&1 \
+               | grep -v Warning | grep img/s | sed 's/^/old /')
+           fi ;;
     baseline) (cd "$BASELINE_TREE" && PYTHONPATH="$ROOT/.gpu_deps:$PWD" timeout 200 python tools/benchmark.py \
              --models "$BASELINE_MODELS" --no-peers --no-flops $BENCH_ARGS --out "$OUT/baseline" 2>&1 \
              | grep -v Warning | tail -12) ;;

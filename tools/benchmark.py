@@ -9,6 +9,8 @@ Examples::
     # GPU, all our ImageNet models + peers, AMP bf16, batch 128, 50 warm-up + 30 timed iterations:
     python tools/benchmark.py --models ours --amp -b 128 --out benchmarks/results/models
     python tools/benchmark.py --models vmamba_tiny_s1l8,vim_small_patch16_224 --no-peers --bench inference
+    # the GPU work alone (each step replayed as one CUDA graph; models and peers alike):
+    python tools/benchmark.py --models vmamba_tiny_s1l8 --peers convnext_tiny --amp --cuda-graph
     # CPU smoke test:
     python tools/benchmark.py --models test_vmamba --peers test_mambaout --img-size 32 -b 2 --warmup 1 --iters 2
 
@@ -62,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--channels-last', action='store_true')
     p.add_argument('--torchcompile', nargs='?', const='inductor', default=None,
                    help='torch.compile every model (peers too) with this backend; compile time is in the warm-up')
+    p.add_argument('--cuda-graph', action='store_true',
+                   help='capture each step (inference; train fwd+bwd) as one CUDA graph and time its replays, for '
+                        'every model and peer alike: no host / launch overhead, the GPU work alone')
     p.add_argument('--no-flops', action='store_true')
     p.add_argument('--device', default=None)
     p.add_argument('--out', default=None, help='output prefix (writes .json/.md/.png); default benchmarks/results/'
@@ -107,6 +112,21 @@ def _timed(step, device: torch.device, warmup: int, iters: int) -> float:
     return (time.perf_counter() - start) / iters
 
 
+def _graph_replay(step, device: torch.device, warmup: int):
+    """Capture one call of ``step`` as a CUDA graph (after ``warmup`` (>= 3) calls on a side stream, which CUDA
+    graph capture requires) and return the graph's ``replay``."""
+    stream = torch.cuda.Stream(device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(stream):
+        for _ in range(max(warmup, 3)):
+            step()
+    torch.cuda.current_stream(device).wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    return graph.replay
+
+
 def _reset_memory(device: torch.device) -> None:
     gc.collect()
     if device.type == 'cuda':
@@ -135,7 +155,9 @@ def measure(name: str, args, device: torch.device, is_peer: bool) -> Dict[str, A
     except Exception as err:  # noqa: BLE001  (record and continue with the real model)
         row['flops_error'] = f'{type(err).__name__}: {err}'
     amp_dtype = torch.bfloat16 if args.amp_dtype == 'bfloat16' else torch.float16
-    autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if args.amp else nullcontext
+    # A captured graph replays the weight casts too: autocast's cast cache must not hand out tensors from outside it.
+    autocast = ((lambda: torch.autocast(device.type, dtype=amp_dtype, cache_enabled=not args.cuda_graph))
+                if args.amp else nullcontext)
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     try:
         model = timm.create_model(name, **model_kwargs).to(device, memory_format=memory_format)
@@ -149,6 +171,8 @@ def measure(name: str, args, device: torch.device, is_peer: bool) -> Dict[str, A
             def infer_step():
                 with torch.no_grad(), autocast():
                     run_model(images)
+            if args.cuda_graph:
+                infer_step = _graph_replay(infer_step, device, args.warmup)
             seconds = _timed(infer_step, device, args.warmup, args.iters)
             row.update(infer_img_s=args.batch_size / seconds, infer_ms=1e3 * seconds,
                        infer_mem_mib=_peak_memory_mib(device))
@@ -162,6 +186,8 @@ def measure(name: str, args, device: torch.device, is_peer: bool) -> Dict[str, A
                     loss = F.cross_entropy(run_model(images).float(), target)
                 loss.backward()
                 model.zero_grad(set_to_none=True)
+            if args.cuda_graph:
+                train_step = _graph_replay(train_step, device, args.warmup)
             seconds = _timed(train_step, device, args.warmup, args.iters)
             row.update(train_img_s=args.batch_size / seconds, train_ms=1e3 * seconds,
                        train_mem_mib=_peak_memory_mib(device))
@@ -189,7 +215,8 @@ def markdown_table(report: Dict[str, Any]) -> str:
         '# Model benchmark',
         '',
         f'Device: {report["device"]}; torch {report["torch"]}, timm {report["timm"]}; {report["date"]}.',
-        f'Batch {report["batch_size"]}, {report["precision"]}, channels_last={report["channels_last"]}, torch.compile={report.get("torchcompile")}; '
+        f'Batch {report["batch_size"]}, {report["precision"]}, channels_last={report["channels_last"]}, torch.compile={report.get("torchcompile")}, '
+        f'CUDA graphs={report.get("cuda_graph", False)}; '
         f'{report["warmup"]} warm-up + {report["iters"]} timed iterations. Train = fwd + bwd (no optimizer step).',
         f'GFLOPs at batch 1 in the papers\' convention (vmamba/flops.py). Command: `{report["command"]}`',
         '',
@@ -253,6 +280,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     if args.iters < 1 or args.warmup < 0:
         raise common.ToolError('--iters must be >= 1 and --warmup >= 0')
     device = common.resolve_device(args.device)
+    if args.cuda_graph and (device.type != 'cuda' or args.torchcompile):
+        raise common.ToolError('--cuda-graph needs a CUDA device and no --torchcompile')
     models = expand_models(args.models)
     peers = [] if args.no_peers else [p for p in expand_models(args.peers) if p not in models]
     results = []
@@ -273,6 +302,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         precision=f'amp {args.amp_dtype}' if args.amp else 'fp32',
         channels_last=args.channels_last,
         torchcompile=args.torchcompile,
+        cuda_graph=args.cuda_graph,
         warmup=args.warmup,
         iters=args.iters,
         command='python tools/benchmark.py ' + ' '.join(sys.argv[1:] if argv is None else argv),

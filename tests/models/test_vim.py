@@ -263,6 +263,34 @@ def test_mixer_gradients_flow_to_both_branches():
         assert grad is not None and grad.abs().sum() > 0, name
 
 
+def test_inference_packing_cache_follows_parameter_updates():
+    """No-grad calls reuse the packed parameters until a parameter changes in place, is replaced by
+    ``load_state_dict`` or the autocast dtype changes; results always equal a fresh (autograd) pack."""
+    torch.manual_seed(0)
+    mixer = MambaMixer(16, d_state=4, scan='bidirectional').eval()
+    u = torch.randn(2, 9, 16)
+    with torch.no_grad():
+        first = mixer(u)
+        packed = mixer._packed._entry[1]
+        torch.testing.assert_close(mixer(u), first, rtol=0, atol=0)
+        assert mixer._packed._entry[1] is packed
+        mixer.x_proj_b.weight.mul_(1.5)  # an in-place update, like an optimizer step
+        updated = mixer(u)
+    assert mixer._packed._entry[1] is not packed
+    assert not torch.allclose(updated, first, atol=1e-4)
+    torch.testing.assert_close(updated, mixer(u).detach(), rtol=0, atol=0)  # autograd: packed afresh
+    other = MambaMixer(16, d_state=4, scan='bidirectional').eval()
+    mixer.load_state_dict(other.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(mixer(u), other(u), rtol=0, atol=0)
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            mixer(u)
+        assert mixer._packed._entry[1].x_proj.dtype == torch.bfloat16
+        torch.testing.assert_close(mixer(u), other(u), rtol=0, atol=0)
+    mixer.double()  # .to() / .half() / .cuda() drop the entry
+    assert mixer._packed._entry is None
+
+
 # ---- timm API -------------------------------------------------------------------------------------------------------
 
 def test_create_model_and_registry():

@@ -247,6 +247,30 @@ def test_ss2d_parameter_layout_and_init():
     assert m.x_proj_weight.abs().max() <= D ** -0.5 and m.dt_proj_weight.abs().max() <= R ** -0.5
 
 
+def test_ss2d_inference_packing_cache_follows_parameter_updates():
+    """No-grad calls reuse the packed scan parameters until a parameter changes in place or the activation dtype
+    changes; results always equal a fresh (autograd) pack."""
+    torch.manual_seed(0)
+    m = SS2D(16, d_state=4, channel_first=False).eval()
+    x = torch.randn(2, 5, 6, 16)
+    with torch.no_grad():
+        first = m(x)
+        entry = m._packed._entry
+        torch.testing.assert_close(m(x), first, rtol=0, atol=0)
+        assert m._packed._entry is entry
+        for param in (m.x_proj_weight, m.dt_proj_weight, m.A_log):  # in-place updates, like an optimizer step
+            param.add_(0.5 * torch.randn_like(param))
+        updated = m(x)
+        assert m._packed._entry is not entry and not torch.allclose(updated, first, atol=1e-4)
+        m(x.double().float())  # same dtype: still cached
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            m(x)
+        assert m._packed._entry[1][0].dtype == torch.bfloat16  # x_proj weight in the activation dtype
+    torch.testing.assert_close(updated, m(x).detach(), rtol=0, atol=0)
+    m.half()
+    assert m._packed._entry is None
+
+
 def test_patch_merging_matches_explicit_loop():
     torch.manual_seed(0)
     merge = PatchMerging(3, 5, dtype=torch.float64)

@@ -1,6 +1,8 @@
 """tools/benchmark.py on CPU at a tiny size: JSON, Markdown table with peer ratios, PNG plot."""
 import json
 
+import pytest
+
 from ._tools import load_tool
 
 
@@ -22,3 +24,9 @@ def test_benchmark_writes_table_and_plot(tmp_path):
     ratio = rows['test_vmamba']['infer_img_s'] / rows['test_mambaout']['infer_img_s']
     assert f'{ratio:.2f}x' in table
     assert out.with_suffix('.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+
+
+def test_cuda_graph_needs_cuda():
+    benchmark = load_tool('benchmark')
+    with pytest.raises(Exception, match='--cuda-graph needs a CUDA device'):
+        benchmark.main(['--models', 'test_vim', '--no-peers', '--device', 'cpu', '--cuda-graph', '--iters', '1'])

@@ -20,7 +20,7 @@ tensors, the layout of the projections; the scan reads them through strides.
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from typing import NamedTuple, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +29,9 @@ from torch import nn
 
 from vmamba.kernels import selective_scan
 from vmamba.kernels.conv import depthwise_conv_silu
+from vmamba.kernels.gated_sum import gated_group_sum
+
+from .packing import PackedParameterCache, autocast_dtype
 
 __all__ = ['MambaMixer', 'default_local_window', 'MIXER_SCANS']
 
@@ -47,6 +50,17 @@ def default_local_window(seq_len: int) -> int:
     if seq_len <= 256:
         return 8
     return 16
+
+
+class _PackedParameters(NamedTuple):
+    """The mixer's parameters in the fused kernels' layout (G branches, E inner channels, R dt rank, N states)."""
+    conv_weight: torch.Tensor  # (G * E, 2K - 1) "same"-padded depthwise kernels
+    conv_bias: Optional[torch.Tensor]  # (G * E,)
+    x_proj: torch.Tensor  # (G * (R + 2N), G * E) block-diagonal
+    dt_proj: torch.Tensor  # (G * E, G * R) block-diagonal
+    A: torch.Tensor  # (G * E, N) fp32, = -exp(A_log)
+    D: torch.Tensor  # (G * E,) fp32
+    delta_bias: torch.Tensor  # (G * E,) fp32
 
 
 @register_notrace_module  # shape-dependent kernel packing; a leaf for torch.fx feature extraction
@@ -127,6 +141,7 @@ class MambaMixer(nn.Module):
             self.D_b = nn.Parameter(torch.empty(inner, device=device, dtype=torch.float32))
         self.out_proj = nn.Linear(inner, dim, bias=bias, **dd)
 
+        self._packed = PackedParameterCache()  # _pack's result, reused between no-grad calls
         self._dt_init = dict(dt_min=dt_min, dt_max=dt_max, dt_init=dt_init, dt_scale=dt_scale,
                              dt_init_floor=dt_init_floor)
         self.reset_ssm_parameters()
@@ -212,6 +227,28 @@ class MambaMixer(nn.Module):
         x_proj = torch.cat([x_proj[:, :rank].flatten(0, 1), x_proj[:, rank:].flatten(0, 1)])
         return x_proj, torch.block_diag(*[b[2].weight for b in branches])
 
+    def _apply(self, fn, recurse=True):
+        self._packed.clear()
+        return super()._apply(fn, recurse)
+
+    def _pack(self, gemm_dtype: Optional[torch.dtype]) -> _PackedParameters:
+        """All branches' parameters in the layout of the fused kernels (see :class:`_PackedParameters`); the GEMM
+        weights in ``gemm_dtype`` (the autocast dtype, so that autocast does not cast them again) if given.
+        Reused between no-grad calls (``vmamba/layers/packing.py``)."""
+        branches = self._branch_modules()
+        conv_weight, conv_bias = self._packed_conv(branches)
+        x_proj, dt_proj = self._packed_projections(branches)
+        if gemm_dtype is not None:
+            x_proj, dt_proj = x_proj.to(gemm_dtype), dt_proj.to(gemm_dtype)
+        if len(branches) == 1:
+            A_log, D, delta_bias = branches[0][3], branches[0][4], branches[0][2].bias
+        else:
+            A_log = torch.cat([b[3] for b in branches])
+            D = torch.cat([b[4] for b in branches])
+            delta_bias = torch.cat([b[2].bias for b in branches])
+        return _PackedParameters(conv_weight, conv_bias, x_proj, dt_proj, -torch.exp(A_log.float()), D.float(),
+                                 delta_bias.float())
+
     def padding_macs(self, num_tokens: int) -> int:
         """Multiply-adds the block-diagonal projections spend on zero blocks for ``num_tokens`` (batch * L) tokens."""
         groups = self.num_branches
@@ -227,43 +264,33 @@ class MambaMixer(nn.Module):
         """
         seq_len = hidden.shape[1]
         inner, rank, state = self.d_inner, self.dt_rank, self.d_state
-        branches = self._branch_modules()
-        groups = len(branches)
+        groups = self.num_branches
+        packed = self._packed.get(self, hidden, self._pack, autocast_dtype(hidden.device.type))
 
         xz = self.in_proj(hidden)  # (batch, L, 2E)
         x, z = xz[..., :inner], xz[..., inner:]
-        conv_weight, conv_bias = self._packed_conv(branches)
-        x = depthwise_conv_silu(x, conv_weight, conv_bias, groups)  # (batch, L, G*E): group g feeds branch g
+        # (batch, L, G*E): group g feeds branch g
+        x = depthwise_conv_silu(x, packed.conv_weight, packed.conv_bias, groups)
 
-        x_proj_weight, dt_proj_weight = self._packed_projections(branches)
-        x_dbl = F.linear(x, x_proj_weight)  # (batch, L, G*R + G*2N)
-        delta = F.linear(x_dbl[..., :groups * rank], dt_proj_weight)  # (batch, L, G*E), token-major
+        x_dbl = F.linear(x, packed.x_proj)  # (batch, L, G*R + G*2N)
+        delta = F.linear(x_dbl[..., :groups * rank], packed.dt_proj)  # (batch, L, G*E), token-major
         bc = x_dbl[..., groups * rank:].unflatten(-1, (groups, 2 * state))  # (batch, L, G, 2N)
         B, C = bc[..., :state].permute(0, 2, 3, 1), bc[..., state:].permute(0, 2, 3, 1)  # (batch, G, N, L) views
 
-        if groups == 1:
-            A_log, D = branches[0][3], branches[0][4]
-            delta_bias = branches[0][2].bias
-        else:
-            A_log = torch.cat([b[3] for b in branches])
-            D = torch.cat([b[4] for b in branches])
-            delta_bias = torch.cat([b[2].bias for b in branches])
         local_window = None
         if self.scan == 'local_bidirectional':
             local_window = self.local_window or default_local_window(seq_len)
 
         y = selective_scan(
-            x.transpose(1, 2), delta.transpose(1, 2), -torch.exp(A_log.float()), B, C, D=D.float(),
+            x.transpose(1, 2), delta.transpose(1, 2), packed.A, B, C, D=packed.D,
             z=z.transpose(1, 2) if groups == 1 else None,
-            delta_bias=delta_bias.float(), delta_softplus=True,
-            reverse=tuple(b[5] for b in branches), local_window=local_window,
+            delta_bias=packed.delta_bias, delta_softplus=True,
+            reverse=(False, True) if groups == 2 else self.reverse, local_window=local_window,
         ).transpose(1, 2)  # (batch, L, G*E), token-major like x
         if groups > 1:
-            # Both branches are gated by SiLU(z) at the same position, so the gate is applied once to their sum.
-            y = y.unflatten(-1, (groups, inner)).sum(dim=2)
-            if self.divide_out:
-                y = y / groups
-            y = y * F.silu(z)
+            # Both branches are gated by SiLU(z) at the same position, so the gate is applied once to their sum:
+            # one fused pass, (sum_g y_g) * scale * silu(z) -> (batch, L, E).
+            y = gated_group_sum(y, z, 1.0 / groups if self.divide_out else 1.0)
         return self.out_proj(y)
 
     def extra_repr(self) -> str:

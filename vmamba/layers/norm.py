@@ -1,15 +1,15 @@
-"""Normalisation layers for NCHW maps that timm.layers does not provide.
-
-(The Triton last-dim LayerNorm, ``vmamba/kernels/layer_norm.py``, is 6-15x faster than PyTorch's kernel per call,
-but it made VMamba-T slower end to end on the H100 (3,105 vs 3,957 img/s inference, same run): these norms stay
-on ``F.layer_norm``. See benchmarks/results/throughput_notes.md, v7.)"""
+"""Normalisation layers that timm.layers does not provide: fp32 LayerNorms that are not cast back, and the
+last-dim LayerNorm of channels-last maps on the Triton kernel (``vmamba/kernels/layer_norm.py``)."""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from timm.layers import register_notrace_module
 from torch import nn
 
-__all__ = ['LayerNorm2dFp32', 'LayerNormFp32']
+from vmamba.kernels.layer_norm import layer_norm_last_dim
+
+__all__ = ['LayerNorm2dFp32', 'LayerNormFp32', 'LayerNormLastDim']
 
 
 class LayerNorm2dFp32(nn.LayerNorm):
@@ -33,14 +33,33 @@ class LayerNorm2dFp32(nn.LayerNorm):
         return x.permute(0, 3, 1, 2)
 
 
+@register_notrace_module  # custom op with dtype logic: a leaf for torch.fx feature extraction
 class LayerNormFp32(nn.LayerNorm):
     """LayerNorm over the last dim, computed in at least fp32 and *not* cast back (see :class:`LayerNorm2dFp32`).
 
-    (..., C) any float dtype -> (..., C) in fp32 (fp64 for fp64 input).
+    (..., C) any float dtype -> (..., C) in fp32 (fp64 for fp64 input). Runs :func:`layer_norm_last_dim` (Triton
+    on CUDA, many rows per program; ``F.layer_norm`` elsewhere).
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        compute_dtype = torch.promote_types(x.dtype, torch.float32)
-        weight = self.weight.to(compute_dtype) if self.weight is not None else None
-        bias = self.bias.to(compute_dtype) if self.bias is not None else None
-        return F.layer_norm(x.to(compute_dtype), self.normalized_shape, weight, bias, self.eps)
+        return layer_norm_last_dim(x, self.weight, self.bias, self.eps,
+                                   out_dtype=torch.promote_types(x.dtype, torch.float32))
+
+
+@register_notrace_module
+class LayerNormLastDim(nn.LayerNorm):
+    """LayerNorm over the last dim of channels-last maps / token sequences: (..., C) -> (..., C).
+
+    Drop-in for ``nn.LayerNorm`` / ``timm.layers.LayerNorm`` (same ``weight`` / ``bias``). Statistics and affine are
+    computed in fp32; the result is stored in the input dtype, or under autocast in the autocast dtype, which is what
+    the next autocast op (linear, conv) would cast it to (``timm.layers.fast_norm`` and apex's fused LayerNorm do
+    the same). On CUDA it runs the Triton kernel of ``vmamba/kernels/layer_norm.py``: PyTorch's LayerNorm kernel
+    spends one thread block per row, ~10x its memory floor for the 48..192-channel maps of VMamba / EfficientVMamba.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out_dtype, device_type = x.dtype, x.device.type
+        if (x.dtype != torch.float64 and torch.amp.is_autocast_available(device_type)
+                and torch.is_autocast_enabled(device_type)):
+            out_dtype = torch.get_autocast_dtype(device_type)
+        return layer_norm_last_dim(x, self.weight, self.bias, self.eps, out_dtype=out_dtype)

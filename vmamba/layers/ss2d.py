@@ -30,7 +30,7 @@ so v0 needs no cast and no extra copies (tests/models/test_vmamba.py checks the 
 from __future__ import annotations
 
 import math
-from typing import Optional, Type, Union
+from typing import Optional, Tuple, Type, Union
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +41,7 @@ from vmamba.kernels import gather_routes, merge_routes, selective_scan
 from vmamba.scans import ScanPattern, ScanRoutes, get_scan_pattern
 
 from .norm import LayerNorm2dFp32, LayerNormFp32
+from .packing import PackedParameterCache
 
 __all__ = ['SS2D', 'Linear2d', 'resolve_dt_rank']
 
@@ -147,6 +148,7 @@ class SS2D(nn.Module):
         self.out_norm = (LayerNorm2dFp32 if channel_first else LayerNormFp32)(D, eps=norm_eps, **dd)
         self.out_proj = linear(D, dim, bias=False, **dd)
         self.proj_drop = nn.Dropout(proj_drop) if proj_drop > 0 else nn.Identity()
+        self._packed = PackedParameterCache()  # _pack's result, reused between no-grad calls
         self.init_weights()
 
     def extra_repr(self) -> str:
@@ -175,6 +177,18 @@ class SS2D(nn.Module):
         self.A_log.copy_(torch.log(A))
         self.D.fill_(1.0)
 
+    def _apply(self, fn, recurse=True):
+        self._packed.clear()
+        return super()._apply(fn, recurse)
+
+    def _pack(self, dtype: torch.dtype) -> Tuple[torch.Tensor, ...]:
+        """Scan-ready parameters for activations of ``dtype``: x_proj / dt_proj weights in ``dtype``, and
+        ``A = -exp(A_log)``, ``D``, the flat ``dt_bias`` in its compute dtype (fp32; fp64 for fp64). Reused between
+        no-grad calls (``vmamba/layers/packing.py``)."""
+        param_dtype = _compute_dtype(dtype)
+        return (self.x_proj_weight.to(dtype), self.dt_proj_weight.to(dtype), -torch.exp(self.A_log.to(param_dtype)),
+                self.D.to(param_dtype), self.dt_bias.reshape(-1).to(param_dtype))
+
     def _scan_routes(self, xs: torch.Tensor, routes: ScanRoutes) -> torch.Tensor:
         """Selective scan of the routes ``xs`` (B, K, D, L) -> (B, K, D, L) in fp32 (fp64 for fp64)."""
         batch, _, _, length = xs.shape
@@ -182,23 +196,23 @@ class SS2D(nn.Module):
 
         # Batched matmuls over (batch, route) that read xs and write x_dbl / delta in place: (B, K, *, L) layouts, no
         # permuted copies (einsum would copy xs to (K, B, L, D) and return a permuted delta).
-        x_dbl = torch.matmul(self.x_proj_weight.to(xs.dtype), xs)  # (K, R+2N, D) @ (B, K, D, L) -> (B, K, R+2N, L)
+        x_proj_weight, dt_proj_weight, A, D_skip, delta_bias = self._packed.get(self, xs, self._pack, xs.dtype)
+        x_dbl = torch.matmul(x_proj_weight, xs)  # (K, R+2N, D) @ (B, K, D, L) -> (B, K, R+2N, L)
         dt_low, B, C = torch.split(x_dbl, [R, N, N], dim=2)
-        delta = torch.matmul(self.dt_proj_weight.to(xs.dtype), dt_low)  # (K, D, R) @ (B, K, R, L) -> (B, K, D, L)
+        delta = torch.matmul(dt_proj_weight, dt_low)  # (K, D, R) @ (B, K, R, L) -> (B, K, D, L)
 
-        param_dtype = _compute_dtype(xs.dtype)
         ys = selective_scan(
             xs.reshape(batch, K * D, length),
             delta.reshape(batch, K * D, length),
-            -torch.exp(self.A_log.to(param_dtype)),
+            A,
             B.contiguous(),
             C.contiguous(),
-            D=self.D.to(param_dtype),
-            delta_bias=self.dt_bias.reshape(-1).to(param_dtype),
+            D=D_skip,
+            delta_bias=delta_bias,
             delta_softplus=True,
             reverse=routes.reverse,
             local_window=routes.local_window,
-            out_dtype=param_dtype,
+            out_dtype=A.dtype,
         )
         return ys.view(batch, K, D, length)
 

@@ -39,9 +39,10 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Type, Union
 import torch
 from torch import nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import ConvNormAct, DropPath, LayerNorm, SEModule
+from timm.layers import ConvNormAct, DropPath, SEModule
 from timm.models import generate_default_cfgs, register_model
 
+from vmamba.layers.norm import LayerNormLastDim
 from vmamba.layers.patch import PatchMerging, PatchStem
 from vmamba.layers.ss2d import SS2D
 from vmamba.official import register_official
@@ -74,7 +75,7 @@ class ChannelAttention(nn.Module):
         rd_dim = int(dim * rd_ratio)
         if rd_dim < 1:
             raise ValueError(f'ChannelAttention: rd_ratio={rd_ratio} leaves no channels for dim={dim}')
-        self.norm = LayerNorm(dim, eps=norm_eps, **dd)
+        self.norm = LayerNormLastDim(dim, eps=norm_eps, **dd)
         self.global_reduce = nn.Linear(dim, rd_dim, **dd)
         self.act = act_layer()
         self.channel_select = nn.Linear(rd_dim, dim, **dd)
@@ -129,7 +130,7 @@ class EfficientVSSBlock(nn.Module):
             'd_state': 16, 'ssm_ratio': 2.0, 'dt_rank': 'auto', 'd_conv': 3, 'conv_bias': True, 'gated': True,
             'scan': 'atrous', 'act_layer': nn.SiLU, **(ssm_kwargs or {}),
         }
-        self.norm = LayerNorm(dim, eps=norm_eps, **dd)
+        self.norm = LayerNormLastDim(dim, eps=norm_eps, **dd)
         self.mixer = SS2D(dim, norm_eps=norm_eps, channel_first=False, **ssm_kwargs, **dd)
         self.conv_branch = ConvBranch(dim, **dd)
         self.se = ChannelAttention(dim, rd_ratio=se_ratio, norm_eps=norm_eps, **dd)

@@ -46,9 +46,10 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Type, Union
 import torch
 from torch import nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, LayerNorm, LayerNorm2d, Mlp, get_act_layer
+from timm.layers import DropPath, LayerNorm2d, Mlp, get_act_layer
 from timm.models import generate_default_cfgs, register_model
 
+from vmamba.layers.norm import LayerNormLastDim
 from vmamba.layers.patch import PatchMerging, PatchStem
 from vmamba.layers.ss2d import SS2D
 from vmamba.official import register_official
@@ -120,11 +121,11 @@ class VMambaBlock(nn.Module):
     ):
         dd = {'device': device, 'dtype': dtype}
         super().__init__()
-        self.norm1 = LayerNorm(dim, eps=norm_eps, **dd)
+        self.norm1 = LayerNormLastDim(dim, eps=norm_eps, **dd)
         self.mixer = SS2D(dim, norm_eps=norm_eps, channel_first=False, **(ssm_kwargs or {}), **dd)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         if mlp_ratio > 0:
-            self.norm2 = LayerNorm(dim, eps=norm_eps, **dd)
+            self.norm2 = LayerNormLastDim(dim, eps=norm_eps, **dd)
             self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=mlp_drop, **dd)
         else:
             self.norm2 = None
