@@ -11,7 +11,9 @@
 #   ab       : $ROUNDS (default 2) alternating rounds of "baseline tree, then this tree" (models + peers in both, no
 #              FLOPs), so that a drift of the host's speed during the session hits both alike -> $OUT/ab_{old,new}_<r>.
 #   graph    : the bench part with --cuda-graph (every step replayed as one CUDA graph: the GPU work alone) for this
-#              tree (models + peers) and, if $BASELINE_TREE is set, the baseline tree -> $OUT/graph_{new,old}.
+#              tree (models + peers) and, if $BASELINE_TREE is set, the baseline tree -> $OUT/graph_{new,old} (a
+#              baseline older than --cuda-graph needs this tree's tools/benchmark.py copied into it: the tools
+#              import the vmamba package of the tree they are in).
 #   baseline : the same benchmark of $BASELINE_MODELS from an older checkout in $BASELINE_TREE (made with
 #              `git archive <commit> vmamba tools | tar -x -C <dir>`), in the same run, so old and new are comparable.
 # The device image has an older timm: timm 1.0.31 (and pytest) go on PYTHONPATH from .gpu_deps/ if present.
@@ -50,7 +52,7 @@ for part in $PARTS; do
     graph) timeout 280 python tools/benchmark.py --models "$MODELS" --peers "$PEERS" --no-flops --cuda-graph $BENCH_ARGS \
              --out "$OUT/graph_new" 2>&1 | grep -v Warning | grep img/s | sed 's/^/new /'
            if [ -n "${BASELINE_TREE:-}" ]; then
-             (cd "$BASELINE_TREE" && PYTHONPATH="$ROOT/.gpu_deps:$PWD" timeout 200 python "$ROOT/tools/benchmark.py" \
+             (cd "$BASELINE_TREE" && PYTHONPATH="$ROOT/.gpu_deps:$PWD" timeout 200 python tools/benchmark.py \
                --models "$BASELINE_MODELS" --no-peers --no-flops --cuda-graph $BENCH_ARGS --out "$OUT/graph_old" 2>&1 \
                | grep -v Warning | grep img/s | sed 's/^/old /')
            fi ;;

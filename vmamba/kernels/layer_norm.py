@@ -24,7 +24,7 @@ from torch import Tensor
 from .interface import scan_backend
 from .layout import dispatch_through_custom_op
 
-__all__ = ['layer_norm_last_dim', 'layer_norm_last_dim_ref']
+__all__ = ['layer_norm_last_dim', 'layer_norm_last_dim_ref', 'layer_norm_last_dim_unchecked']
 
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 _TRITON_MAX_CHANNELS = 8192  # = triton/layer_norm.py MAX_CHANNELS (not imported: triton loads lazily)
@@ -195,6 +195,13 @@ def layer_norm_last_dim(x: Tensor, weight: Optional[Tensor], bias: Optional[Tens
         (..., C) contiguous in ``out_dtype``. Gradients: dx in x's dtype, dweight / dbias in their own dtypes.
     """
     _validate(x, weight, bias, out_dtype)
+    return layer_norm_last_dim_unchecked(x, weight, bias, eps, out_dtype)
+
+
+def layer_norm_last_dim_unchecked(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: float = 1e-5,
+                                  out_dtype: Optional[torch.dtype] = None) -> Tensor:
+    """:func:`layer_norm_last_dim` without its input validation, for callers that guarantee valid inputs (the norm
+    modules of ``vmamba/layers/norm.py`` check the channel count); saves host time on every call."""
     rows = _rows(x)
     args = (rows, None if weight is None else weight.contiguous(), None if bias is None else bias.contiguous(),
             float(eps), out_dtype or x.dtype)

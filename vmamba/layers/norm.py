@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from timm.layers import register_notrace_module
 from torch import nn
 
-from vmamba.kernels.layer_norm import layer_norm_last_dim
+from vmamba.kernels.layer_norm import layer_norm_last_dim_unchecked
 
 __all__ = ['LayerNorm2dFp32', 'LayerNormFp32', 'LayerNormLastDim']
 
@@ -33,6 +33,13 @@ class LayerNorm2dFp32(nn.LayerNorm):
         return x.permute(0, 3, 1, 2)
 
 
+def _check_channels(norm: nn.LayerNorm, x: torch.Tensor) -> None:
+    channels = norm.normalized_shape[0]
+    if x.dim() == 0 or x.shape[-1] != channels or not x.is_floating_point():
+        raise ValueError(f'{type(norm).__name__}({channels}) expects a floating (..., {channels}) tensor, '
+                         f'got {x.dtype} of shape {tuple(x.shape)}')
+
+
 @register_notrace_module  # custom op with dtype logic: a leaf for torch.fx feature extraction
 class LayerNormFp32(nn.LayerNorm):
     """LayerNorm over the last dim, computed in at least fp32 and *not* cast back (see :class:`LayerNorm2dFp32`).
@@ -42,8 +49,9 @@ class LayerNormFp32(nn.LayerNorm):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return layer_norm_last_dim(x, self.weight, self.bias, self.eps,
-                                   out_dtype=torch.promote_types(x.dtype, torch.float32))
+        _check_channels(self, x)
+        return layer_norm_last_dim_unchecked(x, self.weight, self.bias, self.eps,
+                                             out_dtype=torch.promote_types(x.dtype, torch.float32))
 
 
 @register_notrace_module
@@ -62,4 +70,5 @@ class LayerNormLastDim(nn.LayerNorm):
         if (x.dtype != torch.float64 and torch.amp.is_autocast_available(device_type)
                 and torch.is_autocast_enabled(device_type)):
             out_dtype = torch.get_autocast_dtype(device_type)
-        return layer_norm_last_dim(x, self.weight, self.bias, self.eps, out_dtype=out_dtype)
+        _check_channels(self, x)
+        return layer_norm_last_dim_unchecked(x, self.weight, self.bias, self.eps, out_dtype=out_dtype)

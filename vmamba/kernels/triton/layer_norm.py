@@ -22,6 +22,7 @@ layer_norm.py``, runs PyTorch's per-row kernel for them). The PyTorch twin is ``
 """
 from __future__ import annotations
 
+import functools
 import os
 from typing import Optional, Tuple
 
@@ -129,6 +130,7 @@ def _tile(channels: int, backward: bool = False) -> Tuple[int, int, int]:
     return block_m, block_c, 8 if not backward or block_m * block_c > 4096 else 4
 
 
+@functools.lru_cache(maxsize=None)
 def _num_sms(device: torch.device) -> int:
     if device.type != 'cuda':
         return 1
@@ -183,14 +185,13 @@ def layer_norm_bwd(grad_out: torch.Tensor, x: torch.Tensor, weight: Optional[tor
     num_blocks = triton.cdiv(num_rows, block_m)
     num_programs = min(num_blocks, 3 if _interpreted() else 2 * _num_sms(x.device))
     blocks_per_program = triton.cdiv(num_blocks, num_programs)
-    dw_part = None if weight is None else x.new_empty((num_programs, channels), dtype=torch.float32)
-    db_part = None if bias is None else x.new_empty((num_programs, channels), dtype=torch.float32)
+    # Partial dweight / dbias rows of every program, (2, P, C) fp32 (one allocation).
+    parts = x.new_empty((2, num_programs, channels), dtype=torch.float32)
     _layer_norm_bwd_kernel[(num_programs,)](
-        x, grad_out, dx if weight is None else weight, mean, rstd, dx,
-        dx if dw_part is None else dw_part, dx if db_part is None else db_part,
+        x, grad_out, dx if weight is None else weight, mean, rstd, dx, parts[0], parts[1],
         num_rows, channels, x.stride(0), 1.0 / channels, num_programs, blocks_per_program,
         HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None,
         BLOCK_M=block_m, BLOCK_C=block_c, num_warps=num_warps)
-    dweight = None if dw_part is None else dw_part.sum(0).to(weight.dtype)
-    dbias = None if db_part is None else db_part.sum(0).to(bias.dtype)
+    dweight = None if weight is None else parts[0].sum(0).to(weight.dtype)
+    dbias = None if bias is None else parts[1].sum(0).to(bias.dtype)
     return dx, dweight, dbias
