@@ -247,6 +247,36 @@ def test_ss2d_parameter_layout_and_init():
     assert m.x_proj_weight.abs().max() <= D ** -0.5 and m.dt_proj_weight.abs().max() <= R ** -0.5
 
 
+@pytest.mark.parametrize('scan,size', [('cross', (5, 6)), ('atrous', (5, 7))])
+def test_ss2d_recomputing_routes_scan_matches_plain_autograd(monkeypatch, scan, size):
+    """Training SS2D keeps only the token map and recomputes routes and projections in the backward
+    (_RoutesScan); outputs and every gradient equal the plain autograd graph (fp64, CPU reference scan)."""
+    import vmamba.layers.ss2d as ss2d_module
+    torch.manual_seed(0)
+    m = SS2D(12, d_state=3, dt_rank=2, channel_first=False, scan=scan, dtype=torch.float64)
+    with torch.no_grad():
+        for param in m.parameters():
+            param.add_(0.2 * torch.randn_like(param))
+    x = torch.randn(2, *size, 12, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(2, *size, 12, dtype=torch.float64)
+
+    def grads():
+        y = m(x)
+        return [y.detach()] + list(torch.autograd.grad((y * weight).sum(), [x, *m.parameters()]))
+
+    calls = []
+    apply = ss2d_module._RoutesScan.apply
+    monkeypatch.setattr(ss2d_module._RoutesScan, 'apply', lambda *args: calls.append(1) or apply(*args))
+    recomputed = grads()
+    assert calls == [1]
+    monkeypatch.setattr(ss2d_module, 'dispatch_through_custom_op', lambda t: True)  # the plain graph
+    plain = grads()
+    assert calls == [1]
+    names = ['y', 'x'] + [n for n, _ in m.named_parameters()]
+    for name, a, b in zip(names, recomputed, plain):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=name)
+
+
 def test_ss2d_inference_packing_cache_follows_parameter_updates():
     """No-grad calls reuse the packed scan parameters until a parameter changes in place or the activation dtype
     changes; results always equal a fresh (autograd) pack."""

@@ -138,6 +138,35 @@ def _reference_backward(grad_out, grad_last_state, tensors, delta_softplus, reve
     return result
 
 
+def _backward_grads(grad_out, grad_last_state, tensors, delta_softplus, reverse, local_window, backward_op):
+    """[du, ddelta, dA, dB, dC, dD, dz, ddelta_bias] of the backend that runs ``tensors``."""
+    if scan_backend(tensors[0].device) == 'triton':
+        return backward_op(grad_out, None if grad_last_state is None else grad_last_state.contiguous(),
+                           *tensors, delta_softplus, list(reverse), local_window)
+    return _reference_backward(grad_out, grad_last_state, tensors, delta_softplus, reverse, local_window)
+
+
+def selective_scan_no_autograd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, local_window,
+                               out_dtype) -> Tensor:
+    """The forward of :func:`selective_scan` without autograd and validation: out in u's memory order.
+
+    With :func:`selective_scan_input_grads`, for recomputation wrappers that run the forward themselves and keep
+    less than the scan's inputs for the backward (``vmamba/layers/ss2d.py``). ``reverse``: G bools;
+    ``local_window``: 0 = off."""
+    return _selective_scan_impl(u, delta, A, B, C, D, z, delta_bias, delta_softplus, list(reverse),
+                                local_window, out_dtype)[0]
+
+
+def selective_scan_input_grads(grad_out, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse,
+                               local_window) -> List[Optional[Tensor]]:
+    """Gradients [du, ddelta, dA, dB, dC, dD, dz, ddelta_bias] of :func:`selective_scan_no_autograd`'s out
+    (None for absent inputs), from the same kernels as :func:`selective_scan`'s backward."""
+    tensors = (u, delta, A, B, C, D, z, delta_bias)
+    grads = _backward_grads(grad_out, None, tensors, delta_softplus, reverse, local_window,
+                            _selective_scan_backward_impl)
+    return [None if t is None else g for g, t in zip(grads, tensors)]
+
+
 def _setup_context(ctx, inputs, output):
     u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, local_window, out_dtype = inputs
     ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias)
@@ -148,14 +177,9 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad_out, grad_last_state, backward_op=None):
     u, delta, A, B, C, D, z, delta_bias = ctx.saved_tensors
-    if scan_backend(u.device) == 'triton':
-        grads = (backward_op or torch.ops.vmamba.selective_scan_backward)(
-            grad_out, None if grad_last_state is None else grad_last_state.contiguous(),
-            u, delta, A, B, C, D, z, delta_bias, ctx.delta_softplus, ctx.reverse, ctx.local_window)
-    else:
-        grads = _reference_backward(grad_out, grad_last_state, (u, delta, A, B, C, D, z, delta_bias),
-                                    ctx.delta_softplus, ctx.reverse, ctx.local_window)
-    du, ddelta, dA, dB, dC, dD, dz, ddelta_bias = grads
+    du, ddelta, dA, dB, dC, dD, dz, ddelta_bias = _backward_grads(
+        grad_out, grad_last_state, (u, delta, A, B, C, D, z, delta_bias), ctx.delta_softplus, ctx.reverse,
+        ctx.local_window, backward_op or torch.ops.vmamba.selective_scan_backward)
     return (du, ddelta, dA, dB, dC,
             dD if D is not None else None, dz if z is not None else None,
             ddelta_bias if delta_bias is not None else None,

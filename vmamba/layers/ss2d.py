@@ -38,6 +38,8 @@ from torch import nn
 from timm.layers import get_act_layer, register_notrace_module, trunc_normal_
 
 from vmamba.kernels import gather_routes, merge_routes, selective_scan
+from vmamba.kernels.interface import selective_scan_input_grads, selective_scan_no_autograd
+from vmamba.kernels.layout import dispatch_through_custom_op
 from vmamba.scans import ScanPattern, ScanRoutes, get_scan_pattern
 
 from .norm import LayerNorm2dFp32, LayerNormFp32
@@ -68,6 +70,52 @@ class Linear2d(nn.Linear):
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """fp32 for half / single precision, fp64 stays fp64."""
     return torch.promote_types(dtype, torch.float32)
+
+
+def _route_projections(tokens, x_proj_weight, dt_proj_weight, index, inverse):
+    """tokens (B, L', D) -> routes xs (B, K, D, L), delta (B, K, D, L), B and C (B, K, N, L) contiguous."""
+    xs = gather_routes(tokens, index, inverse)
+    x_dbl = torch.matmul(x_proj_weight, xs)  # (K, R+2N, D) @ (B, K, D, L) -> (B, K, R+2N, L)
+    rank, states = dt_proj_weight.shape[-1], (x_dbl.shape[2] - dt_proj_weight.shape[-1]) // 2
+    dt_low, B, C = torch.split(x_dbl, [rank, states, states], dim=2)
+    delta = torch.matmul(dt_proj_weight, dt_low)  # (K, D, R) @ (B, K, R, L) -> (B, K, D, L)
+    return xs, delta, B.contiguous(), C.contiguous()
+
+
+class _RoutesScan(torch.autograd.Function):
+    """gather routes -> x_proj -> dt_proj -> selective scan, keeping only the token map for the backward.
+
+    The plain autograd graph keeps the K route copies of the map and delta (2 K-times-map-sized tensors, ~40% of
+    VMamba-T's training activations); here the backward re-gathers the routes and recomputes the two projections
+    (cheap GEMMs) before the scan's backward kernel, which recomputes the scan states itself as before. Same math
+    and kernels as :meth:`SS2D._scan_routes`: tokens (B, L', D) -> ys (B, K, D, L) in fp32 (fp64 for fp64).
+    """
+
+    @staticmethod
+    def forward(ctx, tokens, x_proj_weight, dt_proj_weight, A, D, delta_bias, index, inverse, reverse, local_window):
+        batch, num_routes, length = tokens.shape[0], index.shape[0], index.shape[1]
+        with torch.autocast(tokens.device.type, enabled=False):
+            xs, delta, B, C = _route_projections(tokens, x_proj_weight, dt_proj_weight, index, inverse)
+            ys = selective_scan_no_autograd(
+                xs.flatten(1, 2), delta.flatten(1, 2), A, B, C, D, None, delta_bias, True, reverse, local_window,
+                A.dtype)
+        ctx.save_for_backward(tokens, x_proj_weight, dt_proj_weight, A, D, delta_bias, index, inverse)
+        ctx.scan_options = (reverse, local_window)
+        return ys.view(batch, num_routes, -1, length)
+
+    @staticmethod
+    def backward(ctx, grad_ys):
+        tokens, x_proj_weight, dt_proj_weight, A, D, delta_bias, index, inverse = ctx.saved_tensors
+        reverse, local_window = ctx.scan_options
+        leaves = [t.detach().requires_grad_(t.requires_grad) for t in (tokens, x_proj_weight, dt_proj_weight)]
+        with torch.enable_grad(), torch.autocast(tokens.device.type, enabled=False):
+            xs, delta, B, C = _route_projections(*leaves, index, inverse)
+        du, ddelta, dA, dB, dC, dD, _, ddelta_bias = selective_scan_input_grads(
+            grad_ys.flatten(1, 2), xs.flatten(1, 2).detach(), delta.flatten(1, 2).detach(), A, B.detach(),
+            C.detach(), D, None, delta_bias, True, reverse, local_window)
+        if any(t.requires_grad for t in leaves):
+            torch.autograd.backward([xs, delta, B, C], [du.view_as(xs), ddelta.view_as(delta), dB, dC])
+        return (leaves[0].grad, leaves[1].grad, leaves[2].grad, dA, dD, ddelta_bias, None, None, None, None)
 
 
 @register_notrace_module  # shape-dependent scan routes: a leaf module for torch.fx tracing
@@ -229,8 +277,14 @@ class SS2D(nn.Module):
         padded_h, padded_w = routes.padded_hw
         if (padded_h, padded_w) != (height, width):
             u = F.pad(u, (0, 0, 0, padded_w - width, 0, padded_h - height))
-        xs = gather_routes(u.reshape(batch, padded_h * padded_w, channels), routes.index, routes.inverse)
-        ys = self._scan_routes(xs, routes)
+        tokens = u.reshape(batch, padded_h * padded_w, channels)
+        if torch.is_grad_enabled() and not dispatch_through_custom_op(tokens):
+            # Training: keep only the map for the backward, not the K route copies and delta (_RoutesScan).
+            x_proj_weight, dt_proj_weight, A, D_skip, delta_bias = self._pack(tokens.dtype)
+            ys = _RoutesScan.apply(tokens, x_proj_weight, dt_proj_weight, A, D_skip, delta_bias, routes.index,
+                                   routes.inverse, tuple(routes.reverse), int(routes.local_window or 0))
+        else:
+            ys = self._scan_routes(gather_routes(tokens, routes.index, routes.inverse), routes)
         merged = merge_routes(ys, routes.index, routes.inverse).view(batch, padded_h, padded_w, channels)
         if (padded_h, padded_w) != (height, width):
             merged = merged[:, :height, :width]
