@@ -46,9 +46,10 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Type, Union
 import torch
 from torch import nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, LayerNorm2d, Mlp, get_act_layer
+from timm.layers import DropPath, LayerNorm2d, get_act_layer
 from timm.models import generate_default_cfgs, register_model
 
+from vmamba.layers.mlp import RecomputeActMlp
 from vmamba.layers.norm import LayerNormLastDim
 from vmamba.layers.patch import PatchMerging, PatchStem
 from vmamba.layers.ss2d import SS2D
@@ -126,7 +127,7 @@ class VMambaBlock(nn.Module):
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         if mlp_ratio > 0:
             self.norm2 = LayerNormLastDim(dim, eps=norm_eps, **dd)
-            self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=mlp_drop, **dd)
+            self.mlp = RecomputeActMlp(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=mlp_drop, **dd)
         else:
             self.norm2 = None
             self.mlp = None
