@@ -291,3 +291,79 @@ def test_gpu_real_size(shape, dtype, tol):
     y.backward(grad_out)
     for leaf, ref in zip(leaves, _reference_grads(x, weight, bias, grad_out)):
         _assert_close(leaf.grad, ref, tol)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Channels-first maps (B, C, *spatial): LayerNorm2d without permute copies
+
+def _channels_first_ref(x, weight, bias, out_dtype=None):
+    y = layer_norm_last_dim_ref(x.movedim(1, -1), weight, bias, EPS, out_dtype)
+    return y.movedim(-1, 1)
+
+
+@pytest.mark.parametrize('layout', ['contiguous', 'channels_last', 'strided'])
+@pytest.mark.parametrize('dtype, out_dtype, tol', [(torch.float32, None, 1e-4), (torch.float16, torch.float32, 1e-2)])
+@pytest.mark.parametrize('triton_path', [True, False])
+def test_channels_first_forward_backward(monkeypatch, layout, dtype, out_dtype, tol, triton_path):
+    """Triton (interpreter on CPU) and reference paths: NCHW read in place (channel stride H*W, ragged pixel blocks),
+    channels-last memory through the rows, a strided view copied; values, memory format and gradients."""
+    if triton_path:
+        monkeypatch.setattr(ln, '_use_triton', lambda x: x.dtype != torch.float64)
+    base = _randn(2, 6, 5, 7 if layout != 'strided' else 9, dtype=dtype)
+    x = {'contiguous': base, 'channels_last': base.contiguous(memory_format=torch.channels_last),
+         'strided': base[..., 1:8]}[layout]
+    weight, bias = _params(6, 'weight_bias', torch.float32)
+    leaves = [t.detach().requires_grad_(True) for t in (x, weight, bias)]
+    y = ln.layer_norm_channels_first(*leaves, EPS, out_dtype)
+    assert y.shape == x.shape and y.dtype == (out_dtype or dtype)
+    if layout == 'channels_last':
+        assert y.is_contiguous(memory_format=torch.channels_last)
+    else:
+        assert y.is_contiguous()
+    _assert_close(y, _channels_first_ref(x, weight, bias, out_dtype), tol)
+    grad_out = _randn(*x.shape, dtype=y.dtype, seed=4)
+    y.backward(grad_out)
+    expected = _reference_grads(x.movedim(1, -1), weight, bias, grad_out.movedim(1, -1))
+    expected[0] = expected[0].movedim(-1, 1)
+    for leaf, ref in zip(leaves, expected):
+        assert leaf.grad.dtype == leaf.dtype
+        _assert_close(leaf.grad, ref, tol)
+
+
+def test_channels_first_kernel_reads_nchw_in_place():
+    x = _randn(3, 5, 4, 3)  # (B, C, H, W) contiguous -> (B, C, P) view, channel stride 12
+    maps = x.view(3, 5, 12)
+    weight, bias = _params(5, 'weight_bias')
+    y, mean, rstd = layer_norm_fwd(maps, weight, bias, EPS)
+    assert y.shape == maps.shape and y.is_contiguous() and mean.shape == (36,)
+    _assert_close(y, _channels_first_ref(maps, weight, bias), 1e-4)
+    torch.testing.assert_close(mean, maps.transpose(1, 2).reshape(36, 5).mean(1), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match='unit pixel stride'):
+        layer_norm_fwd(x.view(3, 5, 12)[..., ::2], weight, bias, EPS)
+
+
+def test_channels_first_opcheck_and_errors(force_triton):
+    weight, bias = _params(6, 'weight_bias')
+    _opcheck(_randn(2, 6, 5), weight, bias, torch.float32)
+    with pytest.raises(ValueError, match=r'layer_norm_channels_first: weight must be \(C=6,\)'):
+        ln.layer_norm_channels_first(_randn(2, 6, 3, 3), _params(5, 'weight')[0], None)
+    with pytest.raises(ValueError, match=r'\(B, C, \*spatial\)'):
+        ln.layer_norm_channels_first(_randn(6), None, None)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize('shape', [(128, 48, 112, 112), (128, 768, 7, 7)])
+def test_gpu_channels_first_real_size(shape):
+    """VMamba-T's stem norm and final norm sizes (NCHW, fp16 in, fp32 out as under autocast) on CUDA vs the
+    reference, forward and backward."""
+    x = _randn(*shape, dtype=torch.float16, device='cuda')
+    weight, bias = _params(shape[1], 'weight_bias', torch.float32, 'cuda')
+    leaves = [t.detach().requires_grad_(True) for t in (x, weight, bias)]
+    y = ln.layer_norm_channels_first(*leaves, EPS, torch.float32)
+    _assert_close(y, _channels_first_ref(x, weight, bias, torch.float32), 1e-4)
+    grad_out = _randn(*shape, device='cuda', seed=5)
+    y.backward(grad_out)
+    expected = _reference_grads(x.movedim(1, -1), weight, bias, grad_out.movedim(1, -1))
+    expected[0] = expected[0].movedim(-1, 1)
+    for leaf, ref in zip(leaves, expected):
+        _assert_close(leaf.grad, ref, 1e-2)

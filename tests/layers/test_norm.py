@@ -1,4 +1,5 @@
 """vmamba.layers.norm: the channels-last LayerNorm modules against F.layer_norm (values, output dtypes, gradients)."""
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -55,3 +56,28 @@ def test_fp32_norms_are_not_cast_back():
     assert y.dtype == torch.float32 and y.shape == x.shape
     expected = F.layer_norm(x.float().permute(0, 2, 3, 1), (24,), chw.weight, chw.bias, 1e-5).permute(0, 3, 1, 2)
     torch.testing.assert_close(y, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_layer_norm_2d_is_a_drop_in_for_timm():
+    from timm.layers import LayerNorm2d as TimmLayerNorm2d
+
+    from vmamba.layers.norm import LayerNorm2d
+    ours = _norm(LayerNorm2d, seed=3)
+    theirs = TimmLayerNorm2d(24, eps=1e-5)
+    theirs.load_state_dict(ours.state_dict())
+    for x in (torch.randn(2, 24, 5, 7), torch.randn(2, 24, 5, 7).contiguous(memory_format=torch.channels_last)):
+        x.requires_grad_(True)
+        y, expected = ours(x), theirs(x)
+        assert y.dtype == expected.dtype == torch.float32
+        torch.testing.assert_close(y, expected, rtol=1e-6, atol=1e-6)
+        g = torch.randn_like(y)
+        for a, b in zip(torch.autograd.grad(y, (x, ours.weight, ours.bias), g),
+                        torch.autograd.grad(expected, (x, theirs.weight, theirs.bias), g)):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    x = torch.randn(2, 24, 3, 3, dtype=torch.bfloat16)
+    with torch.autocast('cpu', dtype=torch.bfloat16):  # F.layer_norm's dtype: CPU autocast keeps it (CUDA: fp32)
+        y, expected = ours(x), theirs(x)
+    assert y.dtype == expected.dtype == torch.bfloat16
+    torch.testing.assert_close(y, expected, rtol=1e-2, atol=1e-2)
+    with pytest.raises(ValueError, match=r'LayerNorm2d\(24\) expects'):
+        ours(torch.randn(2, 23, 3, 3))

@@ -27,8 +27,9 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import timm
 import torch
 from mmengine.model import BaseModule
-from timm.layers import LayerNorm2d
 from torch import nn
+
+from vmamba.layers.norm import LayerNorm2d
 
 __all__ = ['MambaBackbone', 'PlainPyramid', 'load_weights_file']
 

@@ -1,6 +1,8 @@
-"""LayerNorm over the last dim of channels-last maps and token sequences, as autograd custom ops.
+"""LayerNorm over the channels of maps and token sequences, as autograd custom ops.
 
-:func:`layer_norm_last_dim`: ``x (..., C)``, ``weight (C,)`` and ``bias (C,)`` (each optional) -> ``y (..., C)``::
+:func:`layer_norm_last_dim`: ``x (..., C)``, ``weight (C,)`` and ``bias (C,)`` (each optional) -> ``y (..., C)``;
+:func:`layer_norm_channels_first`: the same over dim 1 of ``(B, C, *spatial)`` maps (NCHW read in place, no permute
+copies), the ``LayerNorm2d`` of VMamba's stem, downsamples and final norm::
 
     mean = mean_C(x);  var = mean_C((x - mean)^2)  (biased, like F.layer_norm);  rstd = 1 / sqrt(var + eps)
     y = (x - mean) * rstd * weight + bias
@@ -24,7 +26,8 @@ from torch import Tensor
 from .interface import scan_backend
 from .layout import dispatch_through_custom_op
 
-__all__ = ['layer_norm_last_dim', 'layer_norm_last_dim_ref', 'layer_norm_last_dim_unchecked']
+__all__ = ['layer_norm_last_dim', 'layer_norm_last_dim_ref', 'layer_norm_last_dim_unchecked',
+           'layer_norm_channels_first', 'layer_norm_channels_first_unchecked']
 
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 _TRITON_MAX_CHANNELS = 8192  # = triton/layer_norm.py MAX_CHANNELS (not imported: triton loads lazily)
@@ -32,7 +35,7 @@ _TRITON_MAX_CHANNELS = 8192  # = triton/layer_norm.py MAX_CHANNELS (not imported
 
 def _use_triton(x: Tensor) -> bool:
     return (scan_backend(x.device) == 'triton' and x.dtype in (torch.float32, torch.float16, torch.bfloat16)
-            and x.shape[-1] <= _TRITON_MAX_CHANNELS)
+            and x.shape[1] <= _TRITON_MAX_CHANNELS)
 
 
 def _compute_dtype(x: Tensor) -> torch.dtype:
@@ -54,8 +57,26 @@ def layer_norm_last_dim_ref(x: Tensor, weight: Optional[Tensor], bias: Optional[
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Custom ops on (M, C) rows. The forward also returns the row statistics mean, rstd (M,) (fp32; fp64 for fp64 x),
-# saved for the backward. Absent weight / bias gradients travel as empty tensors.
+# Custom ops on (M, C) rows, or (B, C, P) channels-first maps normalised over C (NCHW maps seen as (B, C, H*W)).
+# The forward also returns the row statistics mean, rstd (M,) / (B*P,) (fp32; fp64 for fp64 x), saved for the
+# backward. Absent weight / bias gradients travel as empty tensors.
+
+def _as_rows(t: Tensor) -> Tensor:
+    """(M, C) -> itself; (B, C, P) -> its (B*P, C) rows (a copy)."""
+    return t if t.dim() == 2 else t.transpose(1, 2).reshape(-1, t.shape[1])
+
+
+def _from_rows(rows: Tensor, like: Tensor) -> Tensor:
+    """Inverse of :func:`_as_rows`: contiguous, of ``like``'s shape."""
+    if like.dim() == 2:
+        return rows.contiguous()
+    batch, channels, pixels = like.shape
+    return rows.view(batch, pixels, channels).transpose(1, 2).contiguous()
+
+
+def _num_rows(x: Tensor) -> int:
+    return x.shape[0] if x.dim() == 2 else x.shape[0] * x.shape[2]
+
 
 def _forward_impl(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: float,
                    out_dtype: torch.dtype) -> Tuple[Tensor, Tensor, Tensor]:
@@ -63,11 +84,11 @@ def _forward_impl(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], e
         from .triton.layer_norm import layer_norm_fwd
         return layer_norm_fwd(x, weight, bias, eps, out_dtype)
     dtype = _compute_dtype(x)
-    num_rows, channels = x.shape
+    rows = _as_rows(x)
     with torch.autocast(x.device.type, enabled=False), torch.no_grad():
-        y, mean, rstd = torch.native_layer_norm(x.to(dtype), [channels], _cast(weight, dtype), _cast(bias, dtype),
-                                                eps)
-    return y.to(out_dtype).contiguous(), mean.reshape(num_rows), rstd.reshape(num_rows)
+        y, mean, rstd = torch.native_layer_norm(rows.to(dtype), [rows.shape[1]], _cast(weight, dtype),
+                                                _cast(bias, dtype), eps)
+    return _from_rows(y.to(out_dtype), x), mean.reshape(-1), rstd.reshape(-1)
 
 
 _layer_norm_op = torch.library.custom_op('vmamba::layer_norm_last_dim', mutates_args=())(_forward_impl)
@@ -76,24 +97,26 @@ _layer_norm_op = torch.library.custom_op('vmamba::layer_norm_last_dim', mutates_
 @_layer_norm_op.register_fake
 def _layer_norm_fake(x, weight, bias, eps, out_dtype):
     stats = _compute_dtype(x)
-    return (x.new_empty(x.shape, dtype=out_dtype), x.new_empty((x.shape[0],), dtype=stats),
-            x.new_empty((x.shape[0],), dtype=stats))
+    return (x.new_empty(x.shape, dtype=out_dtype), x.new_empty((_num_rows(x),), dtype=stats),
+            x.new_empty((_num_rows(x),), dtype=stats))
 
 
 def _backward_impl(grad_out: Tensor, x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
                             mean: Tensor, rstd: Tensor) -> List[Tensor]:
-    """Returns [dx (M, C) contiguous, dweight (C,) or empty, dbias (C,) or empty]."""
+    """Returns [dx of x's shape, contiguous, dweight (C,) or empty, dbias (C,) or empty]."""
     if _use_triton(x):
         from .triton.layer_norm import layer_norm_bwd
         dx, dweight, dbias = layer_norm_bwd(grad_out, x, weight, bias, mean, rstd)
     else:
         dtype = _compute_dtype(x)
-        num_rows, channels = x.shape
+        rows = _as_rows(x)
+        num_rows, channels = rows.shape
         with torch.autocast(x.device.type, enabled=False), torch.no_grad():
             dx, dweight, dbias = torch.ops.aten.native_layer_norm_backward(
-                grad_out.to(dtype), x.to(dtype), [channels], mean.view(num_rows, 1), rstd.view(num_rows, 1),
-                _cast(weight, dtype), _cast(bias, dtype), [True, weight is not None, bias is not None])
-        dx = x.new_empty(x.shape).copy_(dx)
+                _as_rows(grad_out).to(dtype), rows.to(dtype), [channels], mean.view(num_rows, 1),
+                rstd.view(num_rows, 1), _cast(weight, dtype), _cast(bias, dtype),
+                [True, weight is not None, bias is not None])
+        dx = _from_rows(dx.to(x.dtype), x)
         dweight = None if weight is None else dweight.to(weight.dtype)
         dbias = None if bias is None else dbias.to(bias.dtype)
     return [dx, x.new_empty((0,)) if dweight is None else dweight, x.new_empty((0,)) if dbias is None else dbias]
@@ -147,29 +170,30 @@ class _EagerLayerNorm(torch.autograd.Function):
 # ----------------------------------------------------------------------------------------------------------------
 # Validation and the public function
 
-def _validate(x, weight, bias, out_dtype) -> None:
+def _validate(x, weight, bias, out_dtype, op='layer_norm_last_dim', channel_dim=-1) -> None:
     if not isinstance(x, Tensor):
-        raise TypeError(f'layer_norm_last_dim: x must be a torch.Tensor, got {type(x).__name__}')
+        raise TypeError(f'{op}: x must be a torch.Tensor, got {type(x).__name__}')
     if x.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f'layer_norm_last_dim: x must be a floating tensor (fp32/fp16/bf16/fp64), got {x.dtype}')
-    if x.dim() == 0 or x.shape[-1] == 0:
-        raise ValueError(f'layer_norm_last_dim: x must be (..., C) with C >= 1, got shape {tuple(x.shape)}')
-    channels = x.shape[-1]
+        raise TypeError(f'{op}: x must be a floating tensor (fp32/fp16/bf16/fp64), got {x.dtype}')
+    if channel_dim == -1 and (x.dim() == 0 or x.shape[-1] == 0):
+        raise ValueError(f'{op}: x must be (..., C) with C >= 1, got shape {tuple(x.shape)}')
+    if channel_dim == 1 and (x.dim() < 2 or x.shape[1] == 0):
+        raise ValueError(f'{op}: x must be (B, C, *spatial) with C >= 1, got shape {tuple(x.shape)}')
+    channels = x.shape[channel_dim]
     for name, t in (('weight', weight), ('bias', bias)):
         if t is None:
             continue
         if not isinstance(t, Tensor):
-            raise TypeError(f'layer_norm_last_dim: {name} must be a torch.Tensor or None, got {type(t).__name__}')
+            raise TypeError(f'{op}: {name} must be a torch.Tensor or None, got {type(t).__name__}')
         if t.dtype not in _FLOAT_DTYPES:
-            raise TypeError(f'layer_norm_last_dim: {name} must be a floating tensor, got {t.dtype}')
+            raise TypeError(f'{op}: {name} must be a floating tensor, got {t.dtype}')
         if tuple(t.shape) != (channels,):
-            raise ValueError(f'layer_norm_last_dim: {name} must be (C={channels},) for x of shape {tuple(x.shape)}, '
+            raise ValueError(f'{op}: {name} must be (C={channels},) for x of shape {tuple(x.shape)}, '
                              f'got {tuple(t.shape)}')
         if t.device != x.device:
-            raise ValueError(f'layer_norm_last_dim: {name} is on {t.device} but x is on {x.device}; '
-                             f'put all inputs on one device')
+            raise ValueError(f'{op}: {name} is on {t.device} but x is on {x.device}; put all inputs on one device')
     if out_dtype is not None and out_dtype not in _FLOAT_DTYPES:
-        raise TypeError(f'layer_norm_last_dim: out_dtype must be one of fp32/fp16/bf16/fp64 or None, got {out_dtype}')
+        raise TypeError(f'{op}: out_dtype must be one of fp32/fp16/bf16/fp64 or None, got {out_dtype}')
 
 
 def _rows(x: Tensor) -> Tensor:
@@ -202,11 +226,43 @@ def layer_norm_last_dim_unchecked(x: Tensor, weight: Optional[Tensor], bias: Opt
                                   out_dtype: Optional[torch.dtype] = None) -> Tensor:
     """:func:`layer_norm_last_dim` without its input validation, for callers that guarantee valid inputs (the norm
     modules of ``vmamba/layers/norm.py`` check the channel count); saves host time on every call."""
-    rows = _rows(x)
-    args = (rows, None if weight is None else weight.contiguous(), None if bias is None else bias.contiguous(),
-            float(eps), out_dtype or x.dtype)
-    if dispatch_through_custom_op(rows):
-        y, _, _ = torch.ops.vmamba.layer_norm_last_dim(*args)
-    else:
-        y = _EagerLayerNorm.apply(*args)
-    return y.view(x.shape)
+    return _apply(_rows(x), weight, bias, eps, out_dtype or x.dtype).view(x.shape)
+
+
+def _apply(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: float, out_dtype: torch.dtype) -> Tensor:
+    """The op (custom op or eager Function) on (M, C) rows or (B, C, P) maps."""
+    args = (x, None if weight is None else weight.contiguous(), None if bias is None else bias.contiguous(),
+            float(eps), out_dtype)
+    if dispatch_through_custom_op(x):
+        return torch.ops.vmamba.layer_norm_last_dim(*args)[0]
+    return _EagerLayerNorm.apply(*args)
+
+
+def layer_norm_channels_first(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: float = 1e-5,
+                              out_dtype: Optional[torch.dtype] = None) -> Tensor:
+    """LayerNorm over dim 1 of (B, C, *spatial) maps (NCHW), statistics and affine in fp32 (fp64 for fp64 x); the
+    ``LayerNorm2d`` of timm / ConvNeXt without its two permute copies.
+
+    Args:
+        x: (B, C, *spatial). Contiguous maps are read in place (channel stride H*W); channels-last memory goes
+            through the last-dim rows (also in place); other layouts are copied.
+        weight, bias, eps, out_dtype: as :func:`layer_norm_last_dim`.
+    Returns:
+        (B, C, *spatial) in ``out_dtype``, in x's memory format (contiguous or channels-last).
+    """
+    _validate(x, weight, bias, out_dtype, op='layer_norm_channels_first', channel_dim=1)
+    return layer_norm_channels_first_unchecked(x, weight, bias, eps, out_dtype)
+
+
+def layer_norm_channels_first_unchecked(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
+                                        eps: float = 1e-5, out_dtype: Optional[torch.dtype] = None) -> Tensor:
+    """:func:`layer_norm_channels_first` without its input validation (see :func:`layer_norm_last_dim_unchecked`)."""
+    out_dtype = out_dtype or x.dtype
+    channels_last = x.movedim(1, -1)
+    if x.dim() > 2 and channels_last.is_contiguous():  # channels-last memory: last-dim rows, read in place
+        return _apply(channels_last.reshape(-1, x.shape[1]), weight, bias, eps, out_dtype).view(
+            channels_last.shape).movedim(-1, 1)
+    maps = x.reshape(x.shape[0], x.shape[1], -1)
+    if maps.shape[2] > 1 and maps.stride(2) != 1:
+        maps = maps.contiguous()
+    return _apply(maps, weight, bias, eps, out_dtype).view(x.shape)

@@ -7,9 +7,9 @@ import torch.nn.functional as F
 from timm.layers import register_notrace_module
 from torch import nn
 
-from vmamba.kernels.layer_norm import layer_norm_last_dim_unchecked
+from vmamba.kernels.layer_norm import layer_norm_channels_first_unchecked, layer_norm_last_dim_unchecked
 
-__all__ = ['LayerNorm2dFp32', 'LayerNormFp32', 'LayerNormLastDim']
+__all__ = ['LayerNorm2d', 'LayerNorm2dFp32', 'LayerNormFp32', 'LayerNormLastDim']
 
 
 class LayerNorm2dFp32(nn.LayerNorm):
@@ -72,3 +72,27 @@ class LayerNormLastDim(nn.LayerNorm):
             out_dtype = torch.get_autocast_dtype(device_type)
         _check_channels(self, x)
         return layer_norm_last_dim_unchecked(x, self.weight, self.bias, self.eps, out_dtype=out_dtype)
+
+
+@register_notrace_module
+class LayerNorm2d(nn.LayerNorm):
+    """LayerNorm over the channels of (B, C, H, W) maps; drop-in for ``timm.layers.LayerNorm2d`` (same ``weight`` /
+    ``bias``, same result dtype as F.layer_norm: the input dtype, fp32 under CUDA autocast).
+
+    Runs :func:`~vmamba.kernels.layer_norm.layer_norm_channels_first`: NCHW maps are read in place by the Triton
+    kernel on CUDA (timm's version permutes to NHWC, lets F.layer_norm copy it, and permutes back; ~0.5 ms per call
+    for VMamba-T's stem maps at batch 128).
+    """
+
+    def __init__(self, num_channels: int, eps: float = 1e-6, affine: bool = True, device=None, dtype=None):
+        super().__init__(num_channels, eps=eps, elementwise_affine=affine, device=device, dtype=dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        channels = self.normalized_shape[0]
+        if x.dim() < 2 or x.shape[1] != channels or not x.is_floating_point():
+            raise ValueError(f'LayerNorm2d({channels}) expects a floating (B, {channels}, H, W) map, '
+                             f'got {x.dtype} of shape {tuple(x.shape)}')
+        out_dtype = x.dtype
+        if x.dtype != torch.float64 and x.device.type == 'cuda' and torch.is_autocast_enabled('cuda'):
+            out_dtype = torch.float32  # CUDA autocast runs layer_norm in fp32 (CPU autocast leaves its dtype alone)
+        return layer_norm_channels_first_unchecked(x, self.weight, self.bias, self.eps, out_dtype)

@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from timm.layers import LayerNorm2d
 
+from .norm import LayerNorm2d
 from .ss2d import Linear2d
 
 __all__ = ['PatchStem', 'PatchMerging']

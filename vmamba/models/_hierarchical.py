@@ -12,10 +12,11 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
-from timm.layers import ClassifierHead, LayerNorm2d, get_device_dtype, register_notrace_function, trunc_normal_
+from timm.layers import ClassifierHead, get_device_dtype, register_notrace_function, trunc_normal_
 from timm.models import checkpoint_seq
 from timm.models._features import feature_take_indices
 
+from vmamba.layers.norm import LayerNorm2d
 from vmamba.layers.ss2d import SS2D
 
 __all__ = ['HierarchicalMixin', 'HierarchicalStage', 'check_image_batch', 'resolve_stage_dims', 'hierarchical_feature_cfg']

@@ -46,11 +46,11 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Type, Union
 import torch
 from torch import nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, LayerNorm2d, get_act_layer
+from timm.layers import DropPath, get_act_layer
 from timm.models import generate_default_cfgs, register_model
 
 from vmamba.layers.mlp import RecomputeActMlp
-from vmamba.layers.norm import LayerNormLastDim
+from vmamba.layers.norm import LayerNorm2d, LayerNormLastDim
 from vmamba.layers.patch import PatchMerging, PatchStem
 from vmamba.layers.ss2d import SS2D
 from vmamba.official import register_official

@@ -36,9 +36,18 @@ MAX_CHANNELS = 8192
 
 
 @triton.jit
+def _row_offsets(rows, pixels, stride_i, stride_p):
+    """Offset of row m = (image m // pixels, pixel m % pixels); int64."""
+    rows64 = rows.to(tl.int64)
+    image = rows64 // pixels
+    return image * stride_i + (rows64 - image * pixels) * stride_p
+
+
+@triton.jit
 def _layer_norm_fwd_kernel(
         x_ptr, w_ptr, b_ptr, y_ptr, mean_ptr, rstd_ptr,
-        num_rows, channels, stride_xm, inv_channels, eps,
+        num_rows, channels, pixels, stride_xi, stride_xp, stride_xc, stride_yi, stride_yp, stride_yc,
+        inv_channels, eps,
         HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
@@ -48,9 +57,9 @@ def _layer_norm_fwd_kernel(
     mask_m = rows < num_rows
     mask_c = cols < channels
     mask = mask_m[:, None] & mask_c[None, :]
-    rows64 = rows.to(tl.int64)
 
-    x = tl.load(x_ptr + rows64[:, None] * stride_xm + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    x_offs = _row_offsets(rows, pixels, stride_xi, stride_xp)[:, None] + cols[None, :] * stride_xc
+    x = tl.load(x_ptr + x_offs, mask=mask, other=0.0).to(tl.float32)
     mean = tl.sum(x, axis=1) * inv_channels
     xc = tl.where(mask, x - mean[:, None], 0.0)
     var = tl.sum(xc * xc, axis=1) * inv_channels
@@ -60,7 +69,8 @@ def _layer_norm_fwd_kernel(
         y = y * tl.load(w_ptr + cols, mask=mask_c, other=0.0).to(tl.float32)[None, :]
     if HAS_BIAS:
         y = y + tl.load(b_ptr + cols, mask=mask_c, other=0.0).to(tl.float32)[None, :]
-    tl.store(y_ptr + rows64[:, None] * channels + cols[None, :], y.to(y_ptr.dtype.element_ty), mask=mask)
+    y_offs = _row_offsets(rows, pixels, stride_yi, stride_yp)[:, None] + cols[None, :] * stride_yc
+    tl.store(y_ptr + y_offs, y.to(y_ptr.dtype.element_ty), mask=mask)
     tl.store(mean_ptr + rows, mean, mask=mask_m)
     tl.store(rstd_ptr + rows, rstd, mask=mask_m)
 
@@ -68,7 +78,8 @@ def _layer_norm_fwd_kernel(
 @triton.jit
 def _layer_norm_bwd_kernel(
         x_ptr, dy_ptr, w_ptr, mean_ptr, rstd_ptr, dx_ptr, dw_part_ptr, db_part_ptr,
-        num_rows, channels, stride_xm, inv_channels, num_programs, blocks_per_program,
+        num_rows, channels, pixels, stride_xi, stride_xp, stride_xc, stride_yi, stride_yp, stride_yc,
+        inv_channels, num_programs, blocks_per_program,
         HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
@@ -85,9 +96,9 @@ def _layer_norm_bwd_kernel(
         rows = (pid + i * num_programs) * BLOCK_M + tl.arange(0, BLOCK_M)
         mask_m = rows < num_rows
         mask = mask_m[:, None] & mask_c[None, :]
-        rows64 = rows.to(tl.int64)
-        x = tl.load(x_ptr + rows64[:, None] * stride_xm + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-        tile_offs = rows64[:, None] * channels + cols[None, :]
+        x_offs = _row_offsets(rows, pixels, stride_xi, stride_xp)[:, None] + cols[None, :] * stride_xc
+        x = tl.load(x_ptr + x_offs, mask=mask, other=0.0).to(tl.float32)
+        tile_offs = _row_offsets(rows, pixels, stride_yi, stride_yp)[:, None] + cols[None, :] * stride_yc
         dy = tl.load(dy_ptr + tile_offs, mask=mask, other=0.0).to(tl.float32)
         mean = tl.load(mean_ptr + rows, mask=mask_m, other=0.0)
         rstd = tl.load(rstd_ptr + rows, mask=mask_m, other=0.0)
@@ -137,21 +148,34 @@ def _num_sms(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def _check(x: torch.Tensor) -> None:
-    if x.dim() != 2 or (x.shape[1] > 1 and x.stride(1) != 1):
-        raise ValueError(f'x must be (M, C) rows with unit column stride, got shape {tuple(x.shape)} '
-                         f'strides {tuple(x.stride())}')
-    if x.shape[1] > MAX_CHANNELS:
-        raise ValueError(f'the Triton LayerNorm handles C <= {MAX_CHANNELS}, got C = {x.shape[1]}')
+def _geometry(x: torch.Tensor) -> Tuple[int, int, int, Tuple[int, int, int], Tuple[int, int, int]]:
+    """(num_rows, channels, pixels, x strides, strides of a dense tensor of x's shape) in (image, pixel, channel)
+    terms. x: (M, C) rows with unit channel stride (one image of M pixels), or (B, C, P) channels-first maps with
+    unit pixel stride (rows = the B * P pixels; channel stride e.g. H * W of an NCHW map)."""
+    if x.dim() == 2 and (x.shape[1] <= 1 or x.stride(1) == 1):
+        num_rows, channels = x.shape
+        return num_rows, channels, max(num_rows, 1), (0, x.stride(0), 1), (0, channels, 1)
+    if x.dim() == 3 and (x.shape[2] <= 1 or x.stride(2) == 1):
+        batch, channels, pixels = x.shape
+        return (batch * pixels, channels, max(pixels, 1), (x.stride(0), 1, x.stride(1)),
+                (channels * pixels, 1, pixels))
+    raise ValueError(f'x must be (M, C) rows with unit column stride or (B, C, P) maps with unit pixel stride, '
+                     f'got shape {tuple(x.shape)} strides {tuple(x.stride())}')
+
+
+def _check_channels(channels: int) -> None:
+    if channels > MAX_CHANNELS:
+        raise ValueError(f'the Triton LayerNorm handles C <= {MAX_CHANNELS}, got C = {channels}')
 
 
 def layer_norm_fwd(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor], eps: float,
                    out_dtype: Optional[torch.dtype] = None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """x (M, C) unit column stride, any row stride; weight, bias (C,) contiguous or None
-    -> y (M, C) contiguous in ``out_dtype`` (default x's dtype), mean (M,) fp32, rstd (M,) fp32."""
-    _check(x)
-    num_rows, channels = x.shape
-    y = x.new_empty((num_rows, channels), dtype=out_dtype or x.dtype)
+    """x (M, C) unit column stride, any row stride, or (B, C, P) unit pixel stride (normalised over C); weight,
+    bias (C,) contiguous or None -> y of x's shape, contiguous, in ``out_dtype`` (default x's dtype), mean and rstd
+    (rows,) fp32 (rows: M, or B * P in (b, p) order)."""
+    num_rows, channels, pixels, x_strides, y_strides = _geometry(x)
+    _check_channels(channels)
+    y = x.new_empty(x.shape, dtype=out_dtype or x.dtype)
     mean = x.new_empty((num_rows,), dtype=torch.float32)
     rstd = x.new_empty((num_rows,), dtype=torch.float32)
     if y.numel() == 0:
@@ -160,7 +184,7 @@ def layer_norm_fwd(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Option
     grid = (triton.cdiv(num_rows, block_m),)
     _layer_norm_fwd_kernel[grid](
         x, y if weight is None else weight, y if bias is None else bias, y, mean, rstd,
-        num_rows, channels, x.stride(0), 1.0 / channels, float(eps),
+        num_rows, channels, pixels, *x_strides, *y_strides, 1.0 / channels, float(eps),
         HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None,
         BLOCK_M=block_m, BLOCK_C=block_c, num_warps=num_warps)
     return y, mean, rstd
@@ -169,14 +193,15 @@ def layer_norm_fwd(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Option
 def layer_norm_bwd(grad_out: torch.Tensor, x: torch.Tensor, weight: Optional[torch.Tensor],
                    bias: Optional[torch.Tensor], mean: torch.Tensor, rstd: torch.Tensor,
                    ) -> Tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
-    """grad_out (M, C) contiguous (any float dtype); x, weight, bias as for the forward; mean, rstd (M,) fp32 from
-    the forward -> dx (M, C) contiguous in x's dtype, dweight (C,) in weight's dtype or None, dbias likewise."""
-    _check(x)
-    num_rows, channels = x.shape
-    if grad_out.shape != x.shape or (channels > 1 and grad_out.stride() != (channels, 1)):
+    """grad_out of x's shape, contiguous (any float dtype); x, weight, bias as for the forward; mean, rstd (rows,)
+    fp32 from the forward -> dx of x's shape, contiguous, in x's dtype, dweight (C,) in weight's dtype or None,
+    dbias likewise."""
+    num_rows, channels, pixels, x_strides, y_strides = _geometry(x)
+    _check_channels(channels)
+    if grad_out.shape != x.shape or not grad_out.is_contiguous():
         raise ValueError(f'grad_out must be contiguous {tuple(x.shape)}, got shape {tuple(grad_out.shape)} '
                          f'strides {tuple(grad_out.stride())}')
-    dx = x.new_empty((num_rows, channels))
+    dx = x.new_empty(x.shape)
     if dx.numel() == 0:
         dweight = None if weight is None else torch.zeros_like(weight, memory_format=torch.contiguous_format)
         dbias = None if bias is None else torch.zeros_like(bias, memory_format=torch.contiguous_format)
@@ -189,7 +214,7 @@ def layer_norm_bwd(grad_out: torch.Tensor, x: torch.Tensor, weight: Optional[tor
     parts = x.new_empty((2, num_programs, channels), dtype=torch.float32)
     _layer_norm_bwd_kernel[(num_programs,)](
         x, grad_out, dx if weight is None else weight, mean, rstd, dx, parts[0], parts[1],
-        num_rows, channels, x.stride(0), 1.0 / channels, num_programs, blocks_per_program,
+        num_rows, channels, pixels, *x_strides, *y_strides, 1.0 / channels, num_programs, blocks_per_program,
         HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None,
         BLOCK_M=block_m, BLOCK_C=block_c, num_warps=num_warps)
     dweight = None if weight is None else parts[0].sum(0).to(weight.dtype)
