@@ -210,8 +210,8 @@ def _opcheck(x, weight, bias, out_dtype):
     args = [t.detach().requires_grad_(True) if t is not None else None for t in (x, weight, bias)]
     result = torch.library.opcheck(torch.ops.vmamba.layer_norm_last_dim.default, (*args, EPS, out_dtype))
     assert all(v == 'SUCCESS' for v in result.values()), result
-    _, mean, rstd = torch.ops.vmamba.layer_norm_last_dim(x, weight, bias, EPS, out_dtype)
-    grad_out = torch.randn(x.shape, dtype=out_dtype, device=x.device)
+    y, mean, rstd = torch.ops.vmamba.layer_norm_last_dim(x, weight, bias, EPS, out_dtype)
+    grad_out = torch.randn(y.shape, dtype=out_dtype, device=x.device)
     result = torch.library.opcheck(torch.ops.vmamba.layer_norm_last_dim_backward.default,
                                    (grad_out, x, weight, bias, mean, rstd))
     assert all(v == 'SUCCESS' for v in result.values()), result
@@ -316,10 +316,7 @@ def test_channels_first_forward_backward(monkeypatch, layout, dtype, out_dtype, 
     leaves = [t.detach().requires_grad_(True) for t in (x, weight, bias)]
     y = ln.layer_norm_channels_first(*leaves, EPS, out_dtype)
     assert y.shape == x.shape and y.dtype == (out_dtype or dtype)
-    if layout == 'channels_last':
-        assert y.is_contiguous(memory_format=torch.channels_last)
-    else:
-        assert y.is_contiguous()
+    assert y.is_contiguous(memory_format=torch.channels_last)  # like timm's LayerNorm2d
     _assert_close(y, _channels_first_ref(x, weight, bias, out_dtype), tol)
     grad_out = _randn(*x.shape, dtype=y.dtype, seed=4)
     y.backward(grad_out)
@@ -334,9 +331,9 @@ def test_channels_first_kernel_reads_nchw_in_place():
     x = _randn(3, 5, 4, 3)  # (B, C, H, W) contiguous -> (B, C, P) view, channel stride 12
     maps = x.view(3, 5, 12)
     weight, bias = _params(5, 'weight_bias')
-    y, mean, rstd = layer_norm_fwd(maps, weight, bias, EPS)
-    assert y.shape == maps.shape and y.is_contiguous() and mean.shape == (36,)
-    _assert_close(y, _channels_first_ref(maps, weight, bias), 1e-4)
+    y, mean, rstd = layer_norm_fwd(maps, weight, bias, EPS)  # rows (b, p) of channels: channels-last memory
+    assert y.shape == (36, 5) and y.is_contiguous() and mean.shape == (36,)
+    _assert_close(y.view(3, 12, 5).transpose(1, 2), _channels_first_ref(maps, weight, bias), 1e-4)
     torch.testing.assert_close(mean, maps.transpose(1, 2).reshape(36, 5).mean(1), rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match='unit pixel stride'):
         layer_norm_fwd(x.view(3, 5, 12)[..., ::2], weight, bias, EPS)

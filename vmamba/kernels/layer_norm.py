@@ -58,8 +58,9 @@ def layer_norm_last_dim_ref(x: Tensor, weight: Optional[Tensor], bias: Optional[
 
 # ----------------------------------------------------------------------------------------------------------------
 # Custom ops on (M, C) rows, or (B, C, P) channels-first maps normalised over C (NCHW maps seen as (B, C, H*W)).
-# The forward also returns the row statistics mean, rstd (M,) / (B*P,) (fp32; fp64 for fp64 x), saved for the
-# backward. Absent weight / bias gradients travel as empty tensors.
+# y is always (rows, C) contiguous (for maps: channels-last memory, as timm's LayerNorm2d returns), and the forward
+# also returns the row statistics mean, rstd (rows,) (fp32; fp64 for fp64 x), saved for the backward. dx has x's
+# shape. Absent weight / bias gradients travel as empty tensors.
 
 def _as_rows(t: Tensor) -> Tensor:
     """(M, C) -> itself; (B, C, P) -> its (B*P, C) rows (a copy)."""
@@ -88,7 +89,7 @@ def _forward_impl(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], e
     with torch.autocast(x.device.type, enabled=False), torch.no_grad():
         y, mean, rstd = torch.native_layer_norm(rows.to(dtype), [rows.shape[1]], _cast(weight, dtype),
                                                 _cast(bias, dtype), eps)
-    return _from_rows(y.to(out_dtype), x), mean.reshape(-1), rstd.reshape(-1)
+    return y.to(out_dtype).contiguous(), mean.reshape(-1), rstd.reshape(-1)
 
 
 _layer_norm_op = torch.library.custom_op('vmamba::layer_norm_last_dim', mutates_args=())(_forward_impl)
@@ -97,8 +98,9 @@ _layer_norm_op = torch.library.custom_op('vmamba::layer_norm_last_dim', mutates_
 @_layer_norm_op.register_fake
 def _layer_norm_fake(x, weight, bias, eps, out_dtype):
     stats = _compute_dtype(x)
-    return (x.new_empty(x.shape, dtype=out_dtype), x.new_empty((_num_rows(x),), dtype=stats),
-            x.new_empty((_num_rows(x),), dtype=stats))
+    rows = _num_rows(x)
+    return (x.new_empty((rows, x.shape[1]), dtype=out_dtype), x.new_empty((rows,), dtype=stats),
+            x.new_empty((rows,), dtype=stats))
 
 
 def _backward_impl(grad_out: Tensor, x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
@@ -113,7 +115,7 @@ def _backward_impl(grad_out: Tensor, x: Tensor, weight: Optional[Tensor], bias: 
         num_rows, channels = rows.shape
         with torch.autocast(x.device.type, enabled=False), torch.no_grad():
             dx, dweight, dbias = torch.ops.aten.native_layer_norm_backward(
-                _as_rows(grad_out).to(dtype), rows.to(dtype), [channels], mean.view(num_rows, 1),
+                grad_out.to(dtype), rows.to(dtype), [channels], mean.view(num_rows, 1),
                 rstd.view(num_rows, 1), _cast(weight, dtype), _cast(bias, dtype),
                 [True, weight is not None, bias is not None])
         dx = _from_rows(dx.to(x.dtype), x)
@@ -230,7 +232,7 @@ def layer_norm_last_dim_unchecked(x: Tensor, weight: Optional[Tensor], bias: Opt
 
 
 def _apply(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: float, out_dtype: torch.dtype) -> Tensor:
-    """The op (custom op or eager Function) on (M, C) rows or (B, C, P) maps."""
+    """The op (custom op or eager Function) on (M, C) rows or (B, C, P) maps -> (rows, C)."""
     args = (x, None if weight is None else weight.contiguous(), None if bias is None else bias.contiguous(),
             float(eps), out_dtype)
     if dispatch_through_custom_op(x):
@@ -248,7 +250,8 @@ def layer_norm_channels_first(x: Tensor, weight: Optional[Tensor], bias: Optiona
             through the last-dim rows (also in place); other layouts are copied.
         weight, bias, eps, out_dtype: as :func:`layer_norm_last_dim`.
     Returns:
-        (B, C, *spatial) in ``out_dtype``, in x's memory format (contiguous or channels-last).
+        (B, C, *spatial) in ``out_dtype``, in channels-last memory (as timm's ``LayerNorm2d`` returns; the
+        channels-last blocks of VMamba read it without copies).
     """
     _validate(x, weight, bias, out_dtype, op='layer_norm_channels_first', channel_dim=1)
     return layer_norm_channels_first_unchecked(x, weight, bias, eps, out_dtype)
@@ -265,4 +268,4 @@ def layer_norm_channels_first_unchecked(x: Tensor, weight: Optional[Tensor], bia
     maps = x.reshape(x.shape[0], x.shape[1], -1)
     if maps.shape[2] > 1 and maps.stride(2) != 1:
         maps = maps.contiguous()
-    return _apply(maps, weight, bias, eps, out_dtype).view(x.shape)
+    return _apply(maps, weight, bias, eps, out_dtype).view(channels_last.shape).movedim(-1, 1)

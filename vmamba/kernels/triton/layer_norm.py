@@ -79,7 +79,7 @@ def _layer_norm_fwd_kernel(
 def _layer_norm_bwd_kernel(
         x_ptr, dy_ptr, w_ptr, mean_ptr, rstd_ptr, dx_ptr, dw_part_ptr, db_part_ptr,
         num_rows, channels, pixels, stride_xi, stride_xp, stride_xc, stride_yi, stride_yp, stride_yc,
-        inv_channels, num_programs, blocks_per_program,
+        stride_dxi, stride_dxp, stride_dxc, inv_channels, num_programs, blocks_per_program,
         HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
@@ -110,7 +110,8 @@ def _layer_norm_bwd_kernel(
         mean_g = tl.sum(g, axis=1) * inv_channels
         mean_gx = tl.sum(g * xhat, axis=1) * inv_channels
         dx = (g - mean_g[:, None] - xhat * mean_gx[:, None]) * rstd[:, None]
-        tl.store(dx_ptr + tile_offs, dx.to(dx_ptr.dtype.element_ty), mask=mask)
+        dx_offs = _row_offsets(rows, pixels, stride_dxi, stride_dxp)[:, None] + cols[None, :] * stride_dxc
+        tl.store(dx_ptr + dx_offs, dx.to(dx_ptr.dtype.element_ty), mask=mask)
         if HAS_WEIGHT:
             acc_dw += dy * xhat
         if HAS_BIAS:
@@ -148,17 +149,19 @@ def _num_sms(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def _geometry(x: torch.Tensor) -> Tuple[int, int, int, Tuple[int, int, int], Tuple[int, int, int]]:
-    """(num_rows, channels, pixels, x strides, strides of a dense tensor of x's shape) in (image, pixel, channel)
-    terms. x: (M, C) rows with unit channel stride (one image of M pixels), or (B, C, P) channels-first maps with
-    unit pixel stride (rows = the B * P pixels; channel stride e.g. H * W of an NCHW map)."""
+def _geometry(x: torch.Tensor):
+    """(num_rows, channels, pixels, x strides, strides of the (rows, C) result, strides of a dense tensor of x's
+    shape) in (image, pixel, channel) terms. x: (M, C) rows with unit channel stride (one image of M pixels), or
+    (B, C, P) channels-first maps with unit pixel stride (rows = the B * P pixels in (b, p) order; channel stride
+    e.g. H * W of an NCHW map)."""
     if x.dim() == 2 and (x.shape[1] <= 1 or x.stride(1) == 1):
         num_rows, channels = x.shape
-        return num_rows, channels, max(num_rows, 1), (0, x.stride(0), 1), (0, channels, 1)
+        dense = (0, channels, 1)
+        return num_rows, channels, max(num_rows, 1), (0, x.stride(0), 1), dense, dense
     if x.dim() == 3 and (x.shape[2] <= 1 or x.stride(2) == 1):
         batch, channels, pixels = x.shape
         return (batch * pixels, channels, max(pixels, 1), (x.stride(0), 1, x.stride(1)),
-                (channels * pixels, 1, pixels))
+                (pixels * channels, channels, 1), (channels * pixels, 1, pixels))
     raise ValueError(f'x must be (M, C) rows with unit column stride or (B, C, P) maps with unit pixel stride, '
                      f'got shape {tuple(x.shape)} strides {tuple(x.stride())}')
 
@@ -171,11 +174,11 @@ def _check_channels(channels: int) -> None:
 def layer_norm_fwd(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor], eps: float,
                    out_dtype: Optional[torch.dtype] = None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """x (M, C) unit column stride, any row stride, or (B, C, P) unit pixel stride (normalised over C); weight,
-    bias (C,) contiguous or None -> y of x's shape, contiguous, in ``out_dtype`` (default x's dtype), mean and rstd
-    (rows,) fp32 (rows: M, or B * P in (b, p) order)."""
-    num_rows, channels, pixels, x_strides, y_strides = _geometry(x)
+    bias (C,) contiguous or None -> y (rows, C) contiguous in ``out_dtype`` (default x's dtype; for (B, C, P) maps
+    that is channels-last memory), mean and rstd (rows,) fp32 (rows: M, or B * P in (b, p) order)."""
+    num_rows, channels, pixels, x_strides, y_strides, _ = _geometry(x)
     _check_channels(channels)
-    y = x.new_empty(x.shape, dtype=out_dtype or x.dtype)
+    y = x.new_empty((num_rows, channels), dtype=out_dtype or x.dtype)
     mean = x.new_empty((num_rows,), dtype=torch.float32)
     rstd = x.new_empty((num_rows,), dtype=torch.float32)
     if y.numel() == 0:
@@ -193,13 +196,13 @@ def layer_norm_fwd(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Option
 def layer_norm_bwd(grad_out: torch.Tensor, x: torch.Tensor, weight: Optional[torch.Tensor],
                    bias: Optional[torch.Tensor], mean: torch.Tensor, rstd: torch.Tensor,
                    ) -> Tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
-    """grad_out of x's shape, contiguous (any float dtype); x, weight, bias as for the forward; mean, rstd (rows,)
-    fp32 from the forward -> dx of x's shape, contiguous, in x's dtype, dweight (C,) in weight's dtype or None,
-    dbias likewise."""
-    num_rows, channels, pixels, x_strides, y_strides = _geometry(x)
+    """grad_out (rows, C) contiguous like y (any float dtype); x, weight, bias as for the forward; mean, rstd
+    (rows,) fp32 from the forward -> dx of x's shape, contiguous, in x's dtype, dweight (C,) in weight's dtype or
+    None, dbias likewise."""
+    num_rows, channels, pixels, x_strides, y_strides, dx_strides = _geometry(x)
     _check_channels(channels)
-    if grad_out.shape != x.shape or not grad_out.is_contiguous():
-        raise ValueError(f'grad_out must be contiguous {tuple(x.shape)}, got shape {tuple(grad_out.shape)} '
+    if grad_out.shape != (num_rows, channels) or not grad_out.is_contiguous():
+        raise ValueError(f'grad_out must be contiguous {(num_rows, channels)}, got shape {tuple(grad_out.shape)} '
                          f'strides {tuple(grad_out.stride())}')
     dx = x.new_empty(x.shape)
     if dx.numel() == 0:
@@ -214,7 +217,8 @@ def layer_norm_bwd(grad_out: torch.Tensor, x: torch.Tensor, weight: Optional[tor
     parts = x.new_empty((2, num_programs, channels), dtype=torch.float32)
     _layer_norm_bwd_kernel[(num_programs,)](
         x, grad_out, dx if weight is None else weight, mean, rstd, dx, parts[0], parts[1],
-        num_rows, channels, pixels, *x_strides, *y_strides, 1.0 / channels, num_programs, blocks_per_program,
+        num_rows, channels, pixels, *x_strides, *y_strides, *dx_strides, 1.0 / channels, num_programs,
+        blocks_per_program,
         HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None,
         BLOCK_M=block_m, BLOCK_C=block_c, num_warps=num_warps)
     dweight = None if weight is None else parts[0].sum(0).to(weight.dtype)
