@@ -277,6 +277,22 @@ def test_ss2d_recomputing_routes_scan_matches_plain_autograd(monkeypatch, scan, 
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=name)
 
 
+def test_ss2d_recomputing_routes_scan_with_frozen_parts():
+    """Only some of _RoutesScan's inputs need gradients: frozen projections, or a map that needs none."""
+    torch.manual_seed(0)
+    m = SS2D(8, d_state=2, channel_first=False)
+    x = torch.randn(1, 4, 4, 8)
+    m.x_proj_weight.requires_grad_(False)
+    m.dt_proj_weight.requires_grad_(False)
+    m(x.requires_grad_(True)).sum().backward()
+    assert x.grad is not None and m.x_proj_weight.grad is None and m.A_log.grad is not None
+    m.x_proj_weight.requires_grad_(True)
+    for param in [*m.in_proj.parameters(), *m.conv.parameters()]:
+        param.requires_grad_(False)
+    m(torch.randn(1, 4, 4, 8)).sum().backward()  # the token map needs no gradient
+    assert m.x_proj_weight.grad is not None
+
+
 def test_ss2d_inference_packing_cache_follows_parameter_updates():
     """No-grad calls reuse the packed scan parameters until a parameter changes in place or the activation dtype
     changes; results always equal a fresh (autograd) pack."""

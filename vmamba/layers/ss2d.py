@@ -113,8 +113,10 @@ class _RoutesScan(torch.autograd.Function):
         du, ddelta, dA, dB, dC, dD, _, ddelta_bias = selective_scan_input_grads(
             grad_ys.flatten(1, 2), xs.flatten(1, 2).detach(), delta.flatten(1, 2).detach(), A, B.detach(),
             C.detach(), D, None, delta_bias, True, reverse, local_window)
-        if any(t.requires_grad for t in leaves):
-            torch.autograd.backward([xs, delta, B, C], [du.view_as(xs), ddelta.view_as(delta), dB, dC])
+        pairs = [(t, g) for t, g in ((xs, du.view_as(xs)), (delta, ddelta.view_as(delta)), (B, dB), (C, dC))
+                 if t.requires_grad]  # e.g. frozen projections: only some recomputed tensors need gradients
+        if pairs:
+            torch.autograd.backward([t for t, _ in pairs], [g for _, g in pairs])
         return (leaves[0].grad, leaves[1].grad, leaves[2].grad, dA, dD, ddelta_bias, None, None, None, None)
 
 
