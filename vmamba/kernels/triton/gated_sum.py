@@ -31,27 +31,35 @@ __all__ = ['gated_group_sum_fwd', 'gated_group_sum_bwd']
 
 
 @triton.jit
+def _tile(num_rows, length, channels, BLOCK_R: tl.constexpr, BLOCK_E: tl.constexpr):
+    """This program's (BLOCK_R rows, BLOCK_E channels) tile: rows (int64), channels, mask, and each row's (b, t)."""
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    offs_e = tl.program_id(1) * BLOCK_E + tl.arange(0, BLOCK_E)
+    mask = (rows < num_rows)[:, None] & (offs_e < channels)[None, :]
+    batch = rows // length
+    return rows, offs_e, mask, batch, rows - batch * length
+
+
+@triton.jit
+def _load_z(z_ptr, batch, pos, offs_e, mask, stride_zb, stride_zt):
+    return tl.load(z_ptr + (batch * stride_zb + pos * stride_zt)[:, None] + offs_e[None, :],
+                   mask=mask, other=0.0).to(tl.float32)
+
+
+@triton.jit
 def _gated_sum_fwd_kernel(
         y_ptr, z_ptr, out_ptr, s_ptr,
         num_rows, length, channels, scale,
         stride_yb, stride_yt, stride_zb, stride_zt,
         GROUPS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_E: tl.constexpr,
 ):
-    pid_r = tl.program_id(0)
-    pid_e = tl.program_id(1)
-
-    rows = pid_r.to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
-    offs_e = pid_e * BLOCK_E + tl.arange(0, BLOCK_E)
-    mask = (rows < num_rows)[:, None] & (offs_e < channels)[None, :]
-    batch = rows // length
-    pos = rows - batch * length
+    rows, offs_e, mask, batch, pos = _tile(num_rows, length, channels, BLOCK_R, BLOCK_E)
     y_rows = y_ptr + (batch * stride_yb + pos * stride_yt)[:, None]
 
     s = tl.zeros([BLOCK_R, BLOCK_E], dtype=tl.float32)
     for g in tl.static_range(GROUPS):
         s += tl.load(y_rows + (g * channels + offs_e)[None, :], mask=mask, other=0.0).to(tl.float32)
-    zv = tl.load(z_ptr + (batch * stride_zb + pos * stride_zt)[:, None] + offs_e[None, :],
-                 mask=mask, other=0.0).to(tl.float32)
+    zv = _load_z(z_ptr, batch, pos, offs_e, mask, stride_zb, stride_zt)
     out = s * scale * (zv * tl.sigmoid(zv))
 
     tile_offs = rows[:, None] * channels + offs_e[None, :]
@@ -66,20 +74,11 @@ def _gated_sum_bwd_kernel(
         stride_zb, stride_zt,
         GROUPS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_E: tl.constexpr,
 ):
-    pid_r = tl.program_id(0)
-    pid_e = tl.program_id(1)
-
-    rows = pid_r.to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
-    offs_e = pid_e * BLOCK_E + tl.arange(0, BLOCK_E)
-    mask = (rows < num_rows)[:, None] & (offs_e < channels)[None, :]
-    batch = rows // length
-    pos = rows - batch * length
-
+    rows, offs_e, mask, batch, pos = _tile(num_rows, length, channels, BLOCK_R, BLOCK_E)
     tile_offs = rows[:, None] * channels + offs_e[None, :]
     g = tl.load(dout_ptr + tile_offs, mask=mask, other=0.0).to(tl.float32) * scale
     sv = tl.load(s_ptr + tile_offs, mask=mask, other=0.0).to(tl.float32)
-    zv = tl.load(z_ptr + (batch * stride_zb + pos * stride_zt)[:, None] + offs_e[None, :],
-                 mask=mask, other=0.0).to(tl.float32)
+    zv = _load_z(z_ptr, batch, pos, offs_e, mask, stride_zb, stride_zt)
     sig = tl.sigmoid(zv)
 
     dz = g * sv * (sig * (1.0 + zv * (1.0 - sig)))
@@ -112,6 +111,12 @@ def _config(channels: int) -> Tuple[int, int, int]:
     return max(1, _TILE_ELEMENTS // block_e), block_e, _NUM_WARPS
 
 
+def _launch(num_rows: int, channels: int) -> Tuple[Tuple[int, int], int, int, int]:
+    """(grid, BLOCK_R, BLOCK_E, num_warps) covering ``num_rows`` x ``channels`` with :func:`_config`'s tiles."""
+    block_r, block_e, num_warps = _config(channels)
+    return (triton.cdiv(num_rows, block_r), triton.cdiv(channels, block_e)), block_r, block_e, num_warps
+
+
 def _check_unit_channel_stride(name: str, t: torch.Tensor) -> None:
     if t.shape[2] > 1 and t.stride(2) != 1:
         raise ValueError(f'{name} must have unit channel stride, got strides {tuple(t.stride())}')
@@ -129,8 +134,7 @@ def gated_group_sum_fwd(y: torch.Tensor, z: torch.Tensor, scale: float) -> Tuple
     if out.numel() == 0:
         return out, s
     num_rows = batch * length
-    block_r, block_e, num_warps = _config(channels)
-    grid = (triton.cdiv(num_rows, block_r), triton.cdiv(channels, block_e))
+    grid, block_r, block_e, num_warps = _launch(num_rows, channels)
     _gated_sum_fwd_kernel[grid](
         y, z, out, s, num_rows, length, channels, float(scale),
         y.stride(0), y.stride(1), z.stride(0), z.stride(1),
@@ -151,8 +155,7 @@ def gated_group_sum_bwd(grad_out: torch.Tensor, z: torch.Tensor, s: torch.Tensor
     if dz.numel() == 0:
         return dy, dz
     num_rows = batch * length
-    block_r, block_e, num_warps = _config(channels)
-    grid = (triton.cdiv(num_rows, block_r), triton.cdiv(channels, block_e))
+    grid, block_r, block_e, num_warps = _launch(num_rows, channels)
     _gated_sum_bwd_kernel[grid](
         grad_out, z, s, dy, dz, num_rows, length, channels, float(scale),
         z.stride(0), z.stride(1),
