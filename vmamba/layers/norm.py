@@ -1,5 +1,5 @@
 """Normalisation layers that timm.layers does not provide: fp32 LayerNorms that are not cast back, and the
-last-dim LayerNorm of channels-last maps on the Triton kernel (``vmamba/kernels/layer_norm.py``)."""
+LayerNorms of channels-last and NCHW maps on the Triton kernel (``vmamba/kernels/layer_norm.py``)."""
 from __future__ import annotations
 
 import torch
@@ -8,6 +8,8 @@ from timm.layers import register_notrace_module
 from torch import nn
 
 from vmamba.kernels.layer_norm import layer_norm_channels_first_unchecked, layer_norm_last_dim_unchecked
+
+from .packing import autocast_dtype
 
 __all__ = ['LayerNorm2d', 'LayerNorm2dFp32', 'LayerNormFp32', 'LayerNormLastDim']
 
@@ -33,10 +35,12 @@ class LayerNorm2dFp32(nn.LayerNorm):
         return x.permute(0, 3, 1, 2)
 
 
-def _check_channels(norm: nn.LayerNorm, x: torch.Tensor) -> None:
+def _check_channels(norm: nn.LayerNorm, x: torch.Tensor, channel_dim: int = -1) -> None:
+    """One clear error unless x is a floating tensor with the norm's channel count at ``channel_dim`` (-1 or 1)."""
     channels = norm.normalized_shape[0]
-    if x.dim() == 0 or x.shape[-1] != channels or not x.is_floating_point():
-        raise ValueError(f'{type(norm).__name__}({channels}) expects a floating (..., {channels}) tensor, '
+    if x.dim() < (2 if channel_dim == 1 else 1) or x.shape[channel_dim] != channels or not x.is_floating_point():
+        expected = f'(B, {channels}, H, W) map' if channel_dim == 1 else f'(..., {channels}) tensor'
+        raise ValueError(f'{type(norm).__name__}({channels}) expects a floating {expected}, '
                          f'got {x.dtype} of shape {tuple(x.shape)}')
 
 
@@ -66,11 +70,8 @@ class LayerNormLastDim(nn.LayerNorm):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out_dtype, device_type = x.dtype, x.device.type
-        if (x.dtype != torch.float64 and torch.amp.is_autocast_available(device_type)
-                and torch.is_autocast_enabled(device_type)):
-            out_dtype = torch.get_autocast_dtype(device_type)
         _check_channels(self, x)
+        out_dtype = (autocast_dtype(x.device.type) if x.dtype != torch.float64 else None) or x.dtype
         return layer_norm_last_dim_unchecked(x, self.weight, self.bias, self.eps, out_dtype=out_dtype)
 
 
@@ -88,10 +89,7 @@ class LayerNorm2d(nn.LayerNorm):
         super().__init__(num_channels, eps=eps, elementwise_affine=affine, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        channels = self.normalized_shape[0]
-        if x.dim() < 2 or x.shape[1] != channels or not x.is_floating_point():
-            raise ValueError(f'LayerNorm2d({channels}) expects a floating (B, {channels}, H, W) map, '
-                             f'got {x.dtype} of shape {tuple(x.shape)}')
+        _check_channels(self, x, channel_dim=1)
         out_dtype = x.dtype
         if x.dtype != torch.float64 and x.device.type == 'cuda' and torch.is_autocast_enabled('cuda'):
             out_dtype = torch.float32  # CUDA autocast runs layer_norm in fp32 (CPU autocast leaves its dtype alone)

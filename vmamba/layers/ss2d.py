@@ -72,14 +72,22 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
-def _route_projections(tokens, x_proj_weight, dt_proj_weight, index, inverse):
-    """tokens (B, L', D) -> routes xs (B, K, D, L), delta (B, K, D, L), B and C (B, K, N, L) contiguous."""
-    xs = gather_routes(tokens, index, inverse)
+def _projections(xs, x_proj_weight, dt_proj_weight):
+    """Routes xs (B, K, D, L) -> delta (B, K, D, L), B and C (B, K, N, L) contiguous.
+
+    Batched matmuls over (batch, route) that read xs and write x_dbl / delta in place: (B, K, *, L) layouts, no
+    permuted copies (einsum would copy xs to (K, B, L, D) and return a permuted delta)."""
     x_dbl = torch.matmul(x_proj_weight, xs)  # (K, R+2N, D) @ (B, K, D, L) -> (B, K, R+2N, L)
     rank, states = dt_proj_weight.shape[-1], (x_dbl.shape[2] - dt_proj_weight.shape[-1]) // 2
     dt_low, B, C = torch.split(x_dbl, [rank, states, states], dim=2)
     delta = torch.matmul(dt_proj_weight, dt_low)  # (K, D, R) @ (B, K, R, L) -> (B, K, D, L)
-    return xs, delta, B.contiguous(), C.contiguous()
+    return delta, B.contiguous(), C.contiguous()
+
+
+def _route_projections(tokens, x_proj_weight, dt_proj_weight, index, inverse):
+    """tokens (B, L', D) -> routes xs (B, K, D, L) and their :func:`_projections`."""
+    xs = gather_routes(tokens, index, inverse)
+    return (xs, *_projections(xs, x_proj_weight, dt_proj_weight))
 
 
 class _RoutesScan(torch.autograd.Function):
@@ -242,21 +250,15 @@ class SS2D(nn.Module):
     def _scan_routes(self, xs: torch.Tensor, routes: ScanRoutes) -> torch.Tensor:
         """Selective scan of the routes ``xs`` (B, K, D, L) -> (B, K, D, L) in fp32 (fp64 for fp64)."""
         batch, _, _, length = xs.shape
-        K, D, N, R = self.num_routes, self.d_inner, self.d_state, self.dt_rank
-
-        # Batched matmuls over (batch, route) that read xs and write x_dbl / delta in place: (B, K, *, L) layouts, no
-        # permuted copies (einsum would copy xs to (K, B, L, D) and return a permuted delta).
+        K, D = self.num_routes, self.d_inner
         x_proj_weight, dt_proj_weight, A, D_skip, delta_bias = self._packed.get(self, xs, self._pack, xs.dtype)
-        x_dbl = torch.matmul(x_proj_weight, xs)  # (K, R+2N, D) @ (B, K, D, L) -> (B, K, R+2N, L)
-        dt_low, B, C = torch.split(x_dbl, [R, N, N], dim=2)
-        delta = torch.matmul(dt_proj_weight, dt_low)  # (K, D, R) @ (B, K, R, L) -> (B, K, D, L)
-
+        delta, B, C = _projections(xs, x_proj_weight, dt_proj_weight)
         ys = selective_scan(
             xs.reshape(batch, K * D, length),
             delta.reshape(batch, K * D, length),
             A,
-            B.contiguous(),
-            C.contiguous(),
+            B,
+            C,
             D=D_skip,
             delta_bias=delta_bias,
             delta_softplus=True,
