@@ -19,12 +19,13 @@ The PyTorch twin is ``depthwise_conv_silu_ref`` in ``vmamba/kernels/conv.py``.
 """
 from __future__ import annotations
 
-import os
 from typing import Optional, Tuple
 
 import torch
 import triton
 import triton.language as tl
+
+from .host import cdiv, interpreting, next_power_of_2
 
 __all__ = ['depthwise_conv_silu_fwd', 'depthwise_conv_silu_bwd']
 
@@ -152,10 +153,10 @@ _DX_CONFIG = (16, 128, 4)
 
 def _config(channels: int, config: Tuple[int, int, int]) -> Tuple[int, int, int]:
     """Tile sizes for ``channels``; tiny under the interpreter (tests then cover several blocks and ragged edges)."""
-    if os.environ.get('TRITON_INTERPRET') == '1':
+    if interpreting():
         return 4, 8, 1
     block_t, block_c, num_warps = config
-    return block_t, min(block_c, max(16, triton.next_power_of_2(channels))), num_warps
+    return block_t, min(block_c, max(16, next_power_of_2(channels))), num_warps
 
 
 def _check_x(x: torch.Tensor) -> None:
@@ -174,7 +175,7 @@ def depthwise_conv_silu_fwd(x: torch.Tensor, weight: torch.Tensor, bias: Optiona
     if y.numel() == 0:
         return y
     block_t, block_c, num_warps = _config(out_channels, _FWD_CONFIG)
-    grid = (triton.cdiv(length, block_t), triton.cdiv(out_channels, block_c), batch)
+    grid = (cdiv(length, block_t), cdiv(out_channels, block_c), batch)
     _conv_silu_fwd_kernel[grid](
         x, weight, y if bias is None else bias, y,
         length, channels, out_channels, x.stride(0), x.stride(1),
@@ -198,12 +199,12 @@ def depthwise_conv_silu_bwd(grad_out: torch.Tensor, x: torch.Tensor, weight: tor
 
     # Kernel 1: dpre + one partial dweight / dbias row per (batch, position block).
     block_t, block_c, num_warps = _config(out_channels, _DPRE_CONFIG)
-    num_blocks_t = triton.cdiv(length, block_t)
+    num_blocks_t = cdiv(length, block_t)
     dpre = torch.empty((batch, length, out_channels), device=x.device, dtype=torch.float32)
     dw_part = torch.empty((batch * num_blocks_t, out_channels, width), device=x.device, dtype=torch.float32)
     db_part = dw_part if bias is None else torch.empty((batch * num_blocks_t, out_channels), device=x.device,
                                                         dtype=torch.float32)
-    grid = (num_blocks_t, triton.cdiv(out_channels, block_c), batch)
+    grid = (num_blocks_t, cdiv(out_channels, block_c), batch)
     _conv_silu_bwd_dpre_kernel[grid](
         x, weight, dpre if bias is None else bias, grad_out, dpre, dw_part, db_part,
         length, channels, out_channels, x.stride(0), x.stride(1),
@@ -211,7 +212,7 @@ def depthwise_conv_silu_bwd(grad_out: torch.Tensor, x: torch.Tensor, weight: tor
 
     # Kernel 2: dx, summing the G groups and W taps.
     block_t, block_c, num_warps = _config(channels, _DX_CONFIG)
-    grid = (triton.cdiv(length, block_t), triton.cdiv(channels, block_c), batch)
+    grid = (cdiv(length, block_t), cdiv(channels, block_c), batch)
     _conv_silu_bwd_dx_kernel[grid](
         dpre, weight, dx, length, channels, groups_out,
         WIDTH=width, BLOCK_T=block_t, BLOCK_C=block_c, num_warps=num_warps)

@@ -20,12 +20,13 @@ The PyTorch twin is ``gated_group_sum_ref`` in ``vmamba/kernels/gated_sum.py``.
 """
 from __future__ import annotations
 
-import os
 from typing import Tuple
 
 import torch
 import triton
 import triton.language as tl
+
+from .host import cdiv, interpreting, next_power_of_2
 
 __all__ = ['gated_group_sum_fwd', 'gated_group_sum_bwd']
 
@@ -104,17 +105,17 @@ def _config(channels: int) -> Tuple[int, int, int]:
 
     BLOCK_E is the largest of 256 / 128 / 64 dividing E (no masked lanes: E = 384, 768, 1536 of Vim), else
     ``next_pow2(E)`` capped at 256; rows fill the tile. Not tuned on a GPU yet."""
-    if os.environ.get('TRITON_INTERPRET') == '1':
+    if interpreting():
         return 4, 8, 1
     block_e = next((b for b in (256, 128, 64) if channels % b == 0),
-                   min(_MAX_BLOCK_E, max(16, triton.next_power_of_2(channels))))
+                   min(_MAX_BLOCK_E, max(16, next_power_of_2(channels))))
     return max(1, _TILE_ELEMENTS // block_e), block_e, _NUM_WARPS
 
 
 def _launch(num_rows: int, channels: int) -> Tuple[Tuple[int, int], int, int, int]:
     """(grid, BLOCK_R, BLOCK_E, num_warps) covering ``num_rows`` x ``channels`` with :func:`_config`'s tiles."""
     block_r, block_e, num_warps = _config(channels)
-    return (triton.cdiv(num_rows, block_r), triton.cdiv(channels, block_e)), block_r, block_e, num_warps
+    return (cdiv(num_rows, block_r), cdiv(channels, block_e)), block_r, block_e, num_warps
 
 
 def _check_unit_channel_stride(name: str, t: torch.Tensor) -> None:

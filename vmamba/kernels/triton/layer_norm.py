@@ -22,13 +22,13 @@ layer_norm.py``, runs PyTorch's per-row kernel for them). The PyTorch twin is ``
 """
 from __future__ import annotations
 
-import functools
-import os
 from typing import Optional, Tuple
 
 import torch
 import triton
 import triton.language as tl
+
+from .host import cdiv, interpreting, next_power_of_2, num_sms
 
 __all__ = ['MAX_CHANNELS', 'layer_norm_fwd', 'layer_norm_bwd']
 
@@ -126,27 +126,16 @@ def _layer_norm_bwd_kernel(
 # ----------------------------------------------------------------------------------------------------------------
 # Launchers
 
-def _interpreted() -> bool:
-    return os.environ.get('TRITON_INTERPRET') == '1'
-
-
 def _tile(channels: int, backward: bool = False) -> Tuple[int, int, int]:
     """(BLOCK_M, BLOCK_C, num_warps): 4K-element tiles on GPU (8K for C > 4096), 8 warps for the forward, 4 for the
     backward up to 4K (H100 sweep over C = 48..4096, fp16: forward 1.3x its memory floor at C = 48, 1x at 96; the
     backward ~1.6x at C = 48); 4-row tiles in the interpreter, so that tests cover several programs and ragged row
     counts."""
-    block_c = triton.next_power_of_2(channels)
-    if _interpreted():
+    block_c = next_power_of_2(channels)
+    if interpreting():
         return 4, block_c, 4
     block_m = max(1, 4096 // block_c)
     return block_m, block_c, 8 if not backward or block_m * block_c > 4096 else 4
-
-
-@functools.lru_cache(maxsize=None)
-def _num_sms(device: torch.device) -> int:
-    if device.type != 'cuda':
-        return 1
-    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 def _geometry(x: torch.Tensor):
@@ -184,7 +173,7 @@ def layer_norm_fwd(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Option
     if y.numel() == 0:
         return y, mean, rstd
     block_m, block_c, num_warps = _tile(channels)
-    grid = (triton.cdiv(num_rows, block_m),)
+    grid = (cdiv(num_rows, block_m),)
     _layer_norm_fwd_kernel[grid](
         x, y if weight is None else weight, y if bias is None else bias, y, mean, rstd,
         num_rows, channels, pixels, *x_strides, *y_strides, 1.0 / channels, float(eps),
@@ -210,9 +199,9 @@ def layer_norm_bwd(grad_out: torch.Tensor, x: torch.Tensor, weight: Optional[tor
         dbias = None if bias is None else torch.zeros_like(bias, memory_format=torch.contiguous_format)
         return dx, dweight, dbias
     block_m, block_c, num_warps = _tile(channels, backward=True)
-    num_blocks = triton.cdiv(num_rows, block_m)
-    num_programs = min(num_blocks, 3 if _interpreted() else 2 * _num_sms(x.device))
-    blocks_per_program = triton.cdiv(num_blocks, num_programs)
+    num_blocks = cdiv(num_rows, block_m)
+    num_programs = min(num_blocks, 3 if interpreting() else 2 * num_sms(x.device))
+    blocks_per_program = cdiv(num_blocks, num_programs)
     # Partial dweight / dbias rows of every program, (2, P, C) fp32 (one allocation).
     parts = x.new_empty((2, num_programs, channels), dtype=torch.float32)
     _layer_norm_bwd_kernel[(num_programs,)](

@@ -17,6 +17,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .host import cdiv, next_power_of_2
+
 __all__ = ['gather_routes_triton', 'merge_routes_triton']
 
 
@@ -71,7 +73,7 @@ def _merge_routes_kernel(
 
 
 def _block_c(channels: int) -> int:
-    return min(64, max(16, triton.next_power_of_2(channels)))
+    return min(64, max(16, next_power_of_2(channels)))
 
 
 def gather_routes_triton(tokens: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -82,7 +84,7 @@ def gather_routes_triton(tokens: torch.Tensor, index: torch.Tensor) -> torch.Ten
     if out.numel() == 0:
         return out
     block_l, block_c = 64, _block_c(channels)
-    grid = (triton.cdiv(length, block_l), triton.cdiv(channels, block_c), batch * num_routes)
+    grid = (cdiv(length, block_l), cdiv(channels, block_c), batch * num_routes)
     _gather_routes_kernel[grid](
         tokens, index, out, num_positions, channels, num_routes, length, tokens.stride(0), tokens.stride(1),
         BLOCK_L=block_l, BLOCK_C=block_c, num_warps=4)
@@ -97,7 +99,7 @@ def merge_routes_triton(routes: torch.Tensor, inverse: torch.Tensor) -> torch.Te
     if out.numel() == 0:
         return out
     block_p, block_c = 64, _block_c(channels)
-    grid = (triton.cdiv(num_positions, block_p), triton.cdiv(channels, block_c), batch)
+    grid = (cdiv(num_positions, block_p), cdiv(channels, block_c), batch)
     _merge_routes_kernel[grid](
         routes, inverse, out, num_positions, channels, num_routes, length, num_visits,
         BLOCK_P=block_p, BLOCK_C=block_c, num_warps=4)

@@ -17,7 +17,6 @@ See ``README.md`` next to this file for the recurrences.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
@@ -26,6 +25,7 @@ import triton
 import triton.language as tl
 
 from ..layout import empty_sequence_like, empty_states_like
+from .host import cdiv, interpreting, next_power_of_2
 
 __all__ = ['ScanConfig', 'selective_scan_fwd', 'selective_scan_bwd', 'default_config']
 
@@ -682,17 +682,13 @@ class ScanConfig:
     channel_blocks: int = 1
 
 
-def _interpreting() -> bool:
-    return os.environ.get('TRITON_INTERPRET', '0') == '1'
-
-
 def default_config(kind: str, num_states: int, length: int, channels_per_group: int) -> ScanConfig:
     """Tile sizes for ``kind``: 'fwd' / 'bwd' (chunked scan kernels) or 'fwd_step' / 'bwd_step' (step-by-step
     kernels for N > 1 without LB window)."""
     if kind not in ('fwd', 'bwd', 'fwd_step', 'bwd_step'):
         raise ValueError(f"kind must be 'fwd', 'bwd', 'fwd_step' or 'bwd_step', got {kind!r}")
-    block_n = triton.next_power_of_2(num_states)
-    if _interpreting():
+    block_n = next_power_of_2(num_states)
+    if interpreting():
         # Small tiles keep the interpreter fast and exercise the chunk carry and ragged last blocks.
         if kind in ('fwd_step', 'bwd_step'):
             return ScanConfig(block_d=4, block_l=4, num_warps=1)
@@ -701,7 +697,7 @@ def default_config(kind: str, num_states: int, length: int, channels_per_group: 
     if kind in ('fwd_step', 'bwd_step'):
         return ScanConfig(block_d=32, block_l=4, num_warps=1)
     if kind == 'fwd':
-        return ScanConfig(block_d=1, block_l=min(512, max(32, triton.next_power_of_2(length) // block_n)), num_warps=1)
+        return ScanConfig(block_d=1, block_l=min(512, max(32, next_power_of_2(length) // block_n)), num_warps=1)
     if block_n == 1:
         return ScanConfig(block_d=1, block_l=256, num_warps=2)
     return ScanConfig(block_d=1, block_l=max(16, 256 // block_n), num_warps=1)
@@ -709,11 +705,11 @@ def default_config(kind: str, num_states: int, length: int, channels_per_group: 
 
 def _resolve(config: ScanConfig, num_states: int, local_window: int, length: int) -> Tuple[int, int, int, int]:
     """(BLOCK_D, BLOCK_N, BLOCK_L, CHUNK): widen the tile to hold a whole LB window, align chunks to windows."""
-    block_n = triton.next_power_of_2(num_states)
+    block_n = next_power_of_2(num_states)
     block_l = config.block_l
     if local_window:
         window = min(local_window, length)
-        block_l = max(block_l, triton.next_power_of_2(window))
+        block_l = max(block_l, next_power_of_2(window))
         chunk = (block_l // window) * window
     else:
         chunk = block_l
@@ -757,11 +753,11 @@ def _launch_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, lo
     num_groups, num_states = B.shape[1], B.shape[2]
     per_group = channels // num_groups
     block_d, block_n, block_l, chunk = _resolve(config, num_states, local_window, length)
-    num_chunks = triton.cdiv(length, chunk)
+    num_chunks = cdiv(length, chunk)
     write_output = out is not None
     dummy = u  # stands in for absent optional pointers (never dereferenced)
     for first_group, count, is_reversed in _direction_runs(reverse):
-        grid = (triton.cdiv(per_group, block_d), count, batch)
+        grid = (cdiv(per_group, block_d), count, batch)
         _selective_scan_fwd_kernel[grid](
             u, delta, A, B, C, D if D is not None else dummy, z if z is not None else dummy,
             delta_bias if delta_bias is not None else dummy,
@@ -787,12 +783,12 @@ def _launch_fwd_step(u, delta, A, B, C, D, z, delta_bias, delta_softplus, revers
     batch, channels, length = u.shape
     num_groups, num_states = B.shape[1], B.shape[2]
     per_group = channels // num_groups
-    num_chunks = triton.cdiv(length, config.block_l)
+    num_chunks = cdiv(length, config.block_l)
     write_output = out is not None
     A_t = A.t().contiguous()
     dummy = u
     for first_group, count, is_reversed in _direction_runs(reverse):
-        grid = (triton.cdiv(per_group, config.block_d), count, batch)
+        grid = (cdiv(per_group, config.block_d), count, batch)
         _selective_scan_fwd_step_kernel[grid](
             u, delta, A_t, B, C, D if D is not None else dummy, z if z is not None else dummy,
             delta_bias if delta_bias is not None else dummy,
@@ -803,7 +799,7 @@ def _launch_fwd_step(u, delta, A, B, C, D, z, delta_bias, delta_softplus, revers
             HAS_D=D is not None, HAS_Z=z is not None, HAS_DELTA_BIAS=delta_bias is not None,
             DELTA_SOFTPLUS=bool(delta_softplus), REVERSE=bool(is_reversed),
             WRITE_OUTPUT=write_output, WRITE_CHUNK_STATES=chunk_states is not None,
-            BLOCK_D=config.block_d, BLOCK_N=triton.next_power_of_2(num_states), STEPS=config.block_l,
+            BLOCK_D=config.block_d, BLOCK_N=next_power_of_2(num_states), STEPS=config.block_l,
             num_warps=config.num_warps,
         )
 
@@ -855,12 +851,12 @@ def _selective_scan_bwd_step(grad_out, grad_last_state, u, delta, A, B, C, D, z,
     if config is None:
         config = default_config('bwd_step', num_states, length, per_group)
     device = u.device
-    num_chunks = triton.cdiv(length, config.block_l)
+    num_chunks = cdiv(length, config.block_l)
     chunk_states = torch.empty((batch, num_chunks, num_states, channels), device=device, dtype=torch.float32)
     _launch_fwd_step(u, delta, A, B, C, None, None, delta_bias, delta_softplus, reverse, config, None, None,
                      chunk_states)
 
-    programs_per_group = triton.cdiv(per_group, config.block_d)
+    programs_per_group = cdiv(per_group, config.block_d)
     atomic_bc = programs_per_group > 1
     du, ddelta, dz, dB, dC, dA_partial, dD_partial, dbias_partial = _grad_buffers(u, delta, B, C, D, z, delta_bias,
                                                                                   atomic_bc)
@@ -881,7 +877,7 @@ def _selective_scan_bwd_step(grad_out, grad_last_state, u, delta, A, B, C, D, z,
             HAS_D=D is not None, HAS_Z=z is not None, HAS_DELTA_BIAS=delta_bias is not None,
             DELTA_SOFTPLUS=bool(delta_softplus), REVERSE=bool(is_reversed),
             HAS_GRAD_LAST_STATE=grad_last_state is not None, ATOMIC_BC=atomic_bc,
-            BLOCK_D=config.block_d, BLOCK_N=triton.next_power_of_2(num_states), STEPS=config.block_l,
+            BLOCK_D=config.block_d, BLOCK_N=next_power_of_2(num_states), STEPS=config.block_l,
             num_warps=config.num_warps,
         )
     return _finish_grads(du, ddelta, dz, dB, dC, dA_partial, dD_partial, dbias_partial, B.dtype)
@@ -995,7 +991,7 @@ def selective_scan_bwd(
     if config is None:
         config = default_config('bwd', num_states, length, per_group)
     block_d, block_n, block_l, chunk = _resolve(config, num_states, local_window, length)
-    num_chunks = triton.cdiv(length, chunk)
+    num_chunks = cdiv(length, chunk)
     device = u.device
 
     chunk_states = None
@@ -1004,8 +1000,8 @@ def selective_scan_bwd(
         _launch_fwd(u, delta, A, B, C, None, None, delta_bias, delta_softplus, reverse, local_window, config,
                     None, None, chunk_states)
 
-    channel_blocks = max(1, min(config.channel_blocks, triton.cdiv(per_group, block_d)))
-    programs_per_group = triton.cdiv(per_group, block_d * channel_blocks)
+    channel_blocks = max(1, min(config.channel_blocks, cdiv(per_group, block_d)))
+    programs_per_group = cdiv(per_group, block_d * channel_blocks)
     atomic_bc = programs_per_group > 1
     du, ddelta, dz, dB, dC, dA_partial, dD_partial, dbias_partial = _grad_buffers(u, delta, B, C, D, z, delta_bias,
                                                                                   atomic_bc)
