@@ -46,10 +46,12 @@ def stub_triton_path():
             obj = getattr(module, attr)
             if type(obj).__name__ == 'JITFunction' and attr.endswith('_kernel'):
                 setattr(module, attr, _StubKernel(attr))
-        if hasattr(module, 'num_sms'):
-            module.num_sms = lambda device: 132
-        if hasattr(module, 'interpreting'):
-            module.interpreting = lambda: False
+        for attr in ('num_sms', '_num_sms'):  # (older trees: per-module helpers)
+            if hasattr(module, attr):
+                setattr(module, attr, lambda device: 132)
+        for attr in ('interpreting', '_interpreted', '_interpreting'):
+            if hasattr(module, attr):
+                setattr(module, attr, lambda: False)
     for name in _BACKEND_USERS:
         module = importlib.import_module(f'vmamba.kernels.{name}')
         module.scan_backend = lambda device: 'triton'

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .interface import check_float_tensor, scan_backend
-from .layout import dispatch_through_custom_op
+from .layout import dispatch_through_custom_op, records_autograd
 
 __all__ = ['depthwise_conv_silu', 'depthwise_conv_silu_ref']
 
@@ -186,4 +186,6 @@ def depthwise_conv_silu(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None
     args = (x, weight.contiguous(), None if bias is None else bias.contiguous(), int(groups_out))
     if dispatch_through_custom_op(x):
         return torch.ops.vmamba.depthwise_conv_silu(*args)
+    if not records_autograd(*args[:3]):
+        return _conv_silu_impl(*args)
     return _EagerConvSilu.apply(*args)

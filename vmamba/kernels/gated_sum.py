@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .interface import check_float_tensor, scan_backend
-from .layout import dispatch_through_custom_op
+from .layout import dispatch_through_custom_op, records_autograd
 
 __all__ = ['gated_group_sum', 'gated_group_sum_ref']
 
@@ -188,4 +188,6 @@ def gated_group_sum(y: Tensor, z: Tensor, scale: float = 1.0) -> Tensor:
     args = (y, z, float(scale))
     if dispatch_through_custom_op(y):
         return torch.ops.vmamba.gated_group_sum(*args)[0]
+    if not records_autograd(y, z):
+        return _forward_impl(*args)[0]
     return _EagerGatedGroupSum.apply(*args)

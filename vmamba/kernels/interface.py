@@ -13,7 +13,8 @@ from typing import List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
-from .layout import contiguous_strides, dispatch_through_custom_op, empty_sequence_like, layout_strides
+from .layout import (contiguous_strides, dispatch_through_custom_op, empty_sequence_like, layout_strides,
+                     records_autograd)
 from .reference import normalize_reverse, selective_scan_ref
 
 __all__ = ['selective_scan', 'scan_backend']
@@ -322,6 +323,8 @@ def selective_scan(
             bool(delta_softplus), reverse_list, int(local_window or 0), out_dtype or u.dtype)
     if dispatch_through_custom_op(u):
         out, last_state = torch.ops.vmamba.selective_scan(*args)
+    elif not records_autograd(*args[:8]):
+        out, last_state = _selective_scan_impl(*args)
     else:
         out, last_state = _EagerSelectiveScan.apply(*args)
     if return_last_state:

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .interface import scan_backend
-from .layout import dispatch_through_custom_op
+from .layout import dispatch_through_custom_op, records_autograd
 
 __all__ = ['layer_norm_last_dim', 'layer_norm_last_dim_ref', 'layer_norm_last_dim_unchecked',
            'layer_norm_channels_first', 'layer_norm_channels_first_unchecked']
@@ -237,6 +237,8 @@ def _apply(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: flo
             float(eps), out_dtype)
     if dispatch_through_custom_op(x):
         return torch.ops.vmamba.layer_norm_last_dim(*args)[0]
+    if not records_autograd(*args[:3]):
+        return _forward_impl(*args)[0]
     return _EagerLayerNorm.apply(*args)
 
 

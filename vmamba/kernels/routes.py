@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from .interface import scan_backend
-from .layout import dispatch_through_custom_op
+from .layout import dispatch_through_custom_op, records_autograd
 
 __all__ = ['gather_routes', 'merge_routes', 'gather_routes_ref', 'merge_routes_ref']
 
@@ -156,6 +156,8 @@ def gather_routes(tokens: Tensor, index: Tensor, inverse: Tensor) -> Tensor:
     tokens = _channel_contiguous(tokens)
     if dispatch_through_custom_op(tokens):
         return _gather_routes_op(tokens, index, inverse)
+    if not records_autograd(tokens):
+        return _gather_impl(tokens, index, inverse)
     return _EagerGatherRoutes.apply(tokens, index, inverse)
 
 
@@ -175,4 +177,6 @@ def merge_routes(routes: Tensor, index: Tensor, inverse: Tensor) -> Tensor:
     routes = routes.contiguous()
     if dispatch_through_custom_op(routes):
         return _merge_routes_op(routes, index, inverse)
+    if not records_autograd(routes):
+        return _merge_impl(routes, index, inverse)
     return _EagerMergeRoutes.apply(routes, index, inverse)

