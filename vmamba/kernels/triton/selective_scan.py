@@ -205,7 +205,7 @@ def _selective_scan_fwd_kernel(
 
 @triton.jit
 def _selective_scan_fwd_step_kernel(
-        u_ptr, delta_ptr, A_t_ptr, B_ptr, C_ptr, D_ptr, z_ptr, delta_bias_ptr, out_ptr, last_state_ptr,
+        u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, delta_bias_ptr, out_ptr, last_state_ptr,
         chunk_states_ptr,
         length, channels, channels_per_group, num_groups, num_states, num_chunks, group_offset,
         su_b, su_c, su_l, sdt_b, sdt_c, sdt_l, sz_b, sz_c, sz_l, so_b, so_c, so_l,
@@ -217,13 +217,14 @@ def _selective_scan_fwd_step_kernel(
     """Step-by-step forward for N > 1 without LB window: a (BLOCK_N states, BLOCK_D channels) state tile walks the
     sequence one position at a time (no cross-lane scan). The walk is unrolled by STEPS positions: all loads of a
     block of STEPS positions are issued before its recurrence runs, which hides their latency. A reversed group
-    visits the positions from the end by index arithmetic. A_t is A transposed, (N, channels).
+    visits the positions from the end by index arithmetic. A (channels, N) is read in place into the transposed
+    (N, BLOCK_D) tile (once per program).
     Sequence tensors are addressed through their strides (``s<name>_b/c/l``; B and C: ``_b/g/n/l``), so token-major
     views (memory (batch, L, channels), Vim) load a position's channels with one contiguous access.
 
     Also the backward's pre-pass (WRITE_OUTPUT False, WRITE_CHUNK_STATES True): stores the state before each block of
     STEPS scanned positions to ``chunk_states`` (batch, num_chunks, N, channels): contiguous along channels like
-    A_t, so that the state tile keeps one register layout."""
+    the state tile, so that it keeps one register layout."""
     pid_d = tl.program_id(0)
     group = tl.program_id(1).to(tl.int64) + group_offset
     batch = tl.program_id(2).to(tl.int64)
@@ -236,7 +237,7 @@ def _selective_scan_fwd_step_kernel(
     row_seq = batch * channels + chan  # (BLOCK_D,) (b, c) index of each channel
     state_offs = row_seq[None, :] * num_states + offs_n[:, None]  # (BLOCK_N, BLOCK_D) into (batch, channels, N)
 
-    A2 = tl.load(A_t_ptr + offs_n[:, None] * channels + chan[None, :], mask=mask_nd, other=0.0) * 1.4426950408889634
+    A2 = tl.load(A_ptr + chan[None, :] * num_states + offs_n[:, None], mask=mask_nd, other=0.0) * 1.4426950408889634
     if HAS_D:
         D = tl.load(D_ptr + chan, mask=mask_d, other=0.0)
     if HAS_DELTA_BIAS:
@@ -516,7 +517,7 @@ def _selective_scan_bwd_kernel(
 @triton.jit
 def _selective_scan_bwd_step_kernel(
         grad_out_ptr, grad_last_state_ptr, chunk_states_ptr,
-        u_ptr, delta_ptr, A_t_ptr, B_ptr, C_ptr, D_ptr, z_ptr, delta_bias_ptr,
+        u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, delta_bias_ptr,
         du_ptr, ddelta_ptr, dz_ptr, dB_ptr, dC_ptr, dA_partial_ptr, dD_partial_ptr, ddelta_bias_partial_ptr,
         length, channels, channels_per_group, num_groups, num_states, num_chunks, group_offset,
         su_b, su_c, su_l, sdt_b, sdt_c, sdt_l, sz_b, sz_c, sz_l, sg_b, sg_c, sg_l,
@@ -545,7 +546,7 @@ def _selective_scan_bwd_step_kernel(
     row_seq = batch * channels + chan
     state_offs = row_seq[None, :] * num_states + offs_n[:, None]
 
-    A = tl.load(A_t_ptr + offs_n[:, None] * channels + chan[None, :], mask=mask_nd, other=0.0)  # (BLOCK_N, BLOCK_D)
+    A = tl.load(A_ptr + chan[None, :] * num_states + offs_n[:, None], mask=mask_nd, other=0.0)  # (BLOCK_N, BLOCK_D)
     A2 = A * 1.4426950408889634
     if HAS_D:
         D = tl.load(D_ptr + chan, mask=mask_d, other=0.0)
@@ -785,12 +786,11 @@ def _launch_fwd_step(u, delta, A, B, C, D, z, delta_bias, delta_softplus, revers
     per_group = channels // num_groups
     num_chunks = cdiv(length, config.block_l)
     write_output = out is not None
-    A_t = A.t().contiguous()
     dummy = u
     for first_group, count, is_reversed in _direction_runs(reverse):
         grid = (cdiv(per_group, config.block_d), count, batch)
         _selective_scan_fwd_step_kernel[grid](
-            u, delta, A_t, B, C, D if D is not None else dummy, z if z is not None else dummy,
+            u, delta, A, B, C, D if D is not None else dummy, z if z is not None else dummy,
             delta_bias if delta_bias is not None else dummy,
             out if write_output else dummy, last_state if write_output else dummy,
             chunk_states if chunk_states is not None else dummy,
@@ -860,13 +860,12 @@ def _selective_scan_bwd_step(grad_out, grad_last_state, u, delta, A, B, C, D, z,
     atomic_bc = programs_per_group > 1
     du, ddelta, dz, dB, dC, dA_partial, dD_partial, dbias_partial = _grad_buffers(u, delta, B, C, D, z, delta_bias,
                                                                                   atomic_bc)
-    A_t = A.t().contiguous()
     dummy = u
     for first_group, count, is_reversed in _direction_runs(reverse):
         grid = (programs_per_group, count, batch)
         _selective_scan_bwd_step_kernel[grid](
             grad_out, grad_last_state if grad_last_state is not None else dummy, chunk_states,
-            u, delta, A_t, B, C, D if D is not None else dummy, z if z is not None else dummy,
+            u, delta, A, B, C, D if D is not None else dummy, z if z is not None else dummy,
             delta_bias if delta_bias is not None else dummy,
             du, ddelta, dz if dz is not None else dummy, dB, dC, dA_partial,
             dD_partial if dD_partial is not None else dummy, dbias_partial if dbias_partial is not None else dummy,
