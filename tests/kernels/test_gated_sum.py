@@ -84,6 +84,9 @@ def test_triton_forward_matches_reference(length, channels, groups, y_layout, dt
     torch.testing.assert_close(out, expected.to(dtype), rtol=tol, atol=tol)
     group_sum = y.double().unflatten(-1, (groups, channels)).sum(-2)
     torch.testing.assert_close(s, group_sum.to(dtype), rtol=tol, atol=tol)
+    out_only, no_sum = gated_group_sum_fwd(y, z, 0.5, store_sum=False)  # no backward to come: s not written
+    assert no_sum is None
+    torch.testing.assert_close(out_only, out, rtol=0, atol=0)
 
 
 def test_triton_empty_sequence():

@@ -86,6 +86,14 @@ def _forward_impl(y: Tensor, z: Tensor, scale: float) -> Tuple[Tensor, Tensor]:
 _gated_sum_op = torch.library.custom_op('vmamba::gated_group_sum', mutates_args=())(_forward_impl)
 
 
+def _output_impl(y: Tensor, z: Tensor, scale: float) -> Tensor:
+    """out alone, for calls without a backward: the Triton kernel then does not write the group sum."""
+    if _use_triton(y):
+        from .triton.gated_sum import gated_group_sum_fwd
+        return gated_group_sum_fwd(y, z, scale, store_sum=False)[0]
+    return _forward_impl(y, z, scale)[0]
+
+
 @_gated_sum_op.register_fake
 def _gated_sum_fake(y, z, scale):
     return y.new_empty(z.shape), y.new_empty(z.shape)
@@ -189,5 +197,5 @@ def gated_group_sum(y: Tensor, z: Tensor, scale: float = 1.0) -> Tensor:
     if dispatch_through_custom_op(y):
         return torch.ops.vmamba.gated_group_sum(*args)[0]
     if not records_autograd(y, z):
-        return _forward_impl(*args)[0]
+        return _output_impl(*args)
     return _EagerGatedGroupSum.apply(*args)

@@ -20,7 +20,7 @@ The PyTorch twin is ``gated_group_sum_ref`` in ``vmamba/kernels/gated_sum.py``.
 """
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 import triton
@@ -52,7 +52,7 @@ def _gated_sum_fwd_kernel(
         y_ptr, z_ptr, out_ptr, s_ptr,
         num_rows, length, channels, scale,
         stride_yb, stride_yt, stride_zb, stride_zt,
-        GROUPS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_E: tl.constexpr,
+        GROUPS: tl.constexpr, STORE_SUM: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_E: tl.constexpr,
 ):
     rows, offs_e, mask, batch, pos = _tile(num_rows, length, channels, BLOCK_R, BLOCK_E)
     y_rows = y_ptr + (batch * stride_yb + pos * stride_yt)[:, None]
@@ -65,7 +65,8 @@ def _gated_sum_fwd_kernel(
 
     tile_offs = rows[:, None] * channels + offs_e[None, :]
     tl.store(out_ptr + tile_offs, out.to(out_ptr.dtype.element_ty), mask=mask)
-    tl.store(s_ptr + tile_offs, s.to(s_ptr.dtype.element_ty), mask=mask)
+    if STORE_SUM:
+        tl.store(s_ptr + tile_offs, s.to(s_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -123,23 +124,25 @@ def _check_unit_channel_stride(name: str, t: torch.Tensor) -> None:
         raise ValueError(f'{name} must have unit channel stride, got strides {tuple(t.stride())}')
 
 
-def gated_group_sum_fwd(y: torch.Tensor, z: torch.Tensor, scale: float) -> Tuple[torch.Tensor, torch.Tensor]:
+def gated_group_sum_fwd(y: torch.Tensor, z: torch.Tensor, scale: float,
+                        store_sum: bool = True) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """y (batch, L, G*E), z (batch, L, E), same dtype, unit channel strides
-    -> (out, s), both (batch, L, E) contiguous in y's dtype: ``s = sum_g y``, ``out = s * scale * silu(z)``."""
+    -> (out, s), both (batch, L, E) contiguous in y's dtype: ``s = sum_g y``, ``out = s * scale * silu(z)``.
+    ``store_sum=False`` (no backward to come): s is not written and None is returned in its place."""
     _check_unit_channel_stride('y', y)
     _check_unit_channel_stride('z', z)
     batch, length, channels = z.shape
     groups = y.shape[2] // channels
     out = y.new_empty((batch, length, channels))
-    s = y.new_empty((batch, length, channels))
+    s = y.new_empty((batch, length, channels)) if store_sum else None
     if out.numel() == 0:
         return out, s
     num_rows = batch * length
     grid, block_r, block_e, num_warps = _launch(num_rows, channels)
     _gated_sum_fwd_kernel[grid](
-        y, z, out, s, num_rows, length, channels, float(scale),
+        y, z, out, s if store_sum else out, num_rows, length, channels, float(scale),
         y.stride(0), y.stride(1), z.stride(0), z.stride(1),
-        GROUPS=groups, BLOCK_R=block_r, BLOCK_E=block_e, num_warps=num_warps)
+        GROUPS=groups, STORE_SUM=store_sum, BLOCK_R=block_r, BLOCK_E=block_e, num_warps=num_warps)
     return out, s
 
 
