@@ -311,7 +311,10 @@ class SS2D(nn.Module):
             # a strided half: one NHWC copy here instead of a conversion to NCHW and back around the conv.
             u = self.act(self.conv(u.contiguous().permute(0, 3, 1, 2))).permute(0, 2, 3, 1)
             merged = self._scan_channels_last(u)
-        y = self.out_norm(merged).to(x.dtype)
+        if self.channel_first:
+            y = self.out_norm(merged).to(x.dtype)
+        else:  # the fp32 norm stores its result in x's dtype directly (same values, no cast pass)
+            y = self.out_norm(merged, out_dtype=x.dtype)
         if z is not None:
             y = y * self.act(z)
         return self.proj_drop(self.out_proj(y))
