@@ -85,6 +85,9 @@ def test_triton_forward(dtype, channels, affine):
     xf = x.float()
     torch.testing.assert_close(mean, xf.mean(-1), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(rstd, torch.rsqrt(xf.var(-1, unbiased=False) + EPS), rtol=1e-4, atol=1e-4)
+    y_only, no_mean, no_rstd = layer_norm_fwd(x, weight, bias, EPS, store_stats=False)  # no backward to come
+    assert no_mean is None and no_rstd is None
+    torch.testing.assert_close(y_only, y, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize('affine', ['weight', 'bias'])

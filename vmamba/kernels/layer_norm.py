@@ -95,6 +95,15 @@ def _forward_impl(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], e
 _layer_norm_op = torch.library.custom_op('vmamba::layer_norm_last_dim', mutates_args=())(_forward_impl)
 
 
+def _output_impl(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: float,
+                 out_dtype: torch.dtype) -> Tensor:
+    """y alone, for calls without a backward: the Triton kernel then does not store the row statistics."""
+    if _use_triton(x):
+        from .triton.layer_norm import layer_norm_fwd
+        return layer_norm_fwd(x, weight, bias, eps, out_dtype, store_stats=False)[0]
+    return _forward_impl(x, weight, bias, eps, out_dtype)[0]
+
+
 @_layer_norm_op.register_fake
 def _layer_norm_fake(x, weight, bias, eps, out_dtype):
     stats = _compute_dtype(x)
@@ -238,7 +247,7 @@ def _apply(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: flo
     if dispatch_through_custom_op(x):
         return torch.ops.vmamba.layer_norm_last_dim(*args)[0]
     if not records_autograd(*args[:3]):
-        return _forward_impl(*args)[0]
+        return _output_impl(*args)
     return _EagerLayerNorm.apply(*args)
 
 

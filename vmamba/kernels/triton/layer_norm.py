@@ -48,7 +48,7 @@ def _layer_norm_fwd_kernel(
         x_ptr, w_ptr, b_ptr, y_ptr, mean_ptr, rstd_ptr,
         num_rows, channels, pixels, stride_xi, stride_xp, stride_xc, stride_yi, stride_yp, stride_yc,
         inv_channels, eps,
-        HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
+        HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, STORE_STATS: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -71,8 +71,9 @@ def _layer_norm_fwd_kernel(
         y = y + tl.load(b_ptr + cols, mask=mask_c, other=0.0).to(tl.float32)[None, :]
     y_offs = _row_offsets(rows, pixels, stride_yi, stride_yp)[:, None] + cols[None, :] * stride_yc
     tl.store(y_ptr + y_offs, y.to(y_ptr.dtype.element_ty), mask=mask)
-    tl.store(mean_ptr + rows, mean, mask=mask_m)
-    tl.store(rstd_ptr + rows, rstd, mask=mask_m)
+    if STORE_STATS:
+        tl.store(mean_ptr + rows, mean, mask=mask_m)
+        tl.store(rstd_ptr + rows, rstd, mask=mask_m)
 
 
 @triton.jit
@@ -161,23 +162,26 @@ def _check_channels(channels: int) -> None:
 
 
 def layer_norm_fwd(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor], eps: float,
-                   out_dtype: Optional[torch.dtype] = None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                   out_dtype: Optional[torch.dtype] = None, store_stats: bool = True,
+                   ) -> Tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
     """x (M, C) unit column stride, any row stride, or (B, C, P) unit pixel stride (normalised over C); weight,
     bias (C,) contiguous or None -> y (rows, C) contiguous in ``out_dtype`` (default x's dtype; for (B, C, P) maps
-    that is channels-last memory), mean and rstd (rows,) fp32 (rows: M, or B * P in (b, p) order)."""
+    that is channels-last memory), mean and rstd (rows,) fp32 (rows: M, or B * P in (b, p) order); with
+    ``store_stats=False`` (no backward to come) mean and rstd are neither allocated nor written (None)."""
     num_rows, channels, pixels, x_strides, y_strides, _ = _geometry(x)
     _check_channels(channels)
     y = x.new_empty((num_rows, channels), dtype=out_dtype or x.dtype)
-    mean = x.new_empty((num_rows,), dtype=torch.float32)
-    rstd = x.new_empty((num_rows,), dtype=torch.float32)
+    mean = x.new_empty((num_rows,), dtype=torch.float32) if store_stats else None
+    rstd = x.new_empty((num_rows,), dtype=torch.float32) if store_stats else None
     if y.numel() == 0:
         return y, mean, rstd
     block_m, block_c, num_warps = _tile(channels)
     grid = (cdiv(num_rows, block_m),)
     _layer_norm_fwd_kernel[grid](
-        x, y if weight is None else weight, y if bias is None else bias, y, mean, rstd,
+        x, y if weight is None else weight, y if bias is None else bias, y,
+        mean if store_stats else y, rstd if store_stats else y,
         num_rows, channels, pixels, *x_strides, *y_strides, 1.0 / channels, float(eps),
-        HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None,
+        HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, STORE_STATS=store_stats,
         BLOCK_M=block_m, BLOCK_C=block_c, num_warps=num_warps)
     return y, mean, rstd
 
