@@ -3,7 +3,8 @@
 - :func:`selective_scan` (``interface.py``): the one public entry point (validation, autograd, dispatch).
 - ``reference.py``: vectorised chunked PyTorch implementation (CPU path, and the spec of the kernels).
 - :func:`gather_routes` / :func:`merge_routes` (``routes.py``): token-major maps <-> scan routes (the layout change
-  around the scan of channels-last blocks), adjoint custom ops.
+  around the scan of channels-last blocks), adjoint custom ops; :func:`merge_routes_layer_norm`: the merge with
+  SS2D's out_norm, one kernel for inference.
 - :func:`depthwise_conv_silu` (``conv.py``): Vim's packed two-direction depthwise conv + SiLU on token-major
   sequences.
 - :func:`gated_group_sum` (``gated_sum.py``): Vim's mixer epilogue, sum of the G direction outputs gated by SiLU(z).
@@ -17,8 +18,9 @@ from .gated_sum import gated_group_sum
 from .interface import scan_backend, selective_scan
 from .layer_norm import layer_norm_channels_first, layer_norm_last_dim
 from .reference import selective_scan_ref
-from .routes import gather_routes, merge_routes
+from .routes import gather_routes, merge_routes, merge_routes_layer_norm
 
 __all__ = ['selective_scan', 'selective_scan_ref', 'scan_backend', 'gather_routes', 'merge_routes',
+           'merge_routes_layer_norm',
            'depthwise_conv_silu', 'gated_group_sum', 'layer_norm_last_dim',
            'layer_norm_channels_first']

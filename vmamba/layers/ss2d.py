@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 from timm.layers import get_act_layer, register_notrace_module, trunc_normal_
 
-from vmamba.kernels import gather_routes, merge_routes, selective_scan
+from vmamba.kernels import gather_routes, merge_routes_layer_norm, selective_scan
 from vmamba.kernels.interface import selective_scan_input_grads, selective_scan_no_autograd
 from vmamba.kernels.layout import dispatch_through_custom_op
 from vmamba.scans import ScanPattern, ScanRoutes, get_scan_pattern
@@ -274,8 +274,10 @@ class SS2D(nn.Module):
         xs, routes = self.scan_pattern.scan(u)  # (B, K, D, L)
         return self.scan_pattern.merge(self._scan_routes(xs, routes), routes, height, width)
 
-    def _scan_channels_last(self, u: torch.Tensor) -> torch.Tensor:
-        """Selective scan over the routes of ``u`` (B, H, W, D) -> merged (B, H, W, D) in fp32 (fp64 for fp64)."""
+    def _scan_norm_channels_last(self, u: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
+        """Selective scan over the routes of ``u`` (B, H, W, D), merged and ``out_norm``-ed -> (B, H, W, D) in
+        ``out_dtype`` (the norm computes in fp32, fp64 for fp64). Without autograd on CUDA the merge and the norm run
+        as one kernel (:func:`~vmamba.kernels.routes.merge_routes_layer_norm`)."""
         batch, height, width, channels = u.shape
         routes = self.scan_pattern.routes(height, width, u.device)
         padded_h, padded_w = routes.padded_hw
@@ -289,10 +291,12 @@ class SS2D(nn.Module):
                                    routes.inverse, tuple(routes.reverse), int(routes.local_window or 0))
         else:
             ys = self._scan_routes(gather_routes(tokens, routes.index, routes.inverse), routes)
-        merged = merge_routes(ys, routes.index, routes.inverse).view(batch, padded_h, padded_w, channels)
+        norm = self.out_norm
+        y = merge_routes_layer_norm(ys, routes.index, routes.inverse, norm.weight, norm.bias, norm.eps, out_dtype)
+        y = y.view(batch, padded_h, padded_w, channels)
         if (padded_h, padded_w) != (height, width):
-            merged = merged[:, :height, :width]
-        return merged
+            y = y[:, :height, :width]  # per-token norm: normalising the padding too and cropping is the same
+        return y
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, C, H, W); with ``channel_first=False`` (B, H, W, C) -> (B, H, W, C)."""
@@ -305,16 +309,12 @@ class SS2D(nn.Module):
         if self.gated:
             u, z = u.chunk(2, dim=channel_dim)
         if self.channel_first:
-            merged = self._scan(self.act(self.conv(u)))
+            y = self.out_norm(self._scan(self.act(self.conv(u)))).to(x.dtype)
         else:
             # The depthwise conv runs on the NCHW view of the NHWC tensor (a channels-last convolution). A gated u is
             # a strided half: one NHWC copy here instead of a conversion to NCHW and back around the conv.
             u = self.act(self.conv(u.contiguous().permute(0, 3, 1, 2))).permute(0, 2, 3, 1)
-            merged = self._scan_channels_last(u)
-        if self.channel_first:
-            y = self.out_norm(merged).to(x.dtype)
-        else:  # the fp32 norm stores its result in x's dtype directly (same values, no cast pass)
-            y = self.out_norm(merged, out_dtype=x.dtype)
+            y = self._scan_norm_channels_last(u, out_dtype=x.dtype)
         if z is not None:
             y = y * self.act(z)
         return self.proj_drop(self.out_proj(y))

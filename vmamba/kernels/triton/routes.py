@@ -8,18 +8,24 @@ route index maps of :class:`vmamba.scans.ScanRoutes`:
   rows are contiguous channel vectors (coalesced for any route order) and stores it transposed along ``l``.
 * ``merge``: ``tokens[b, p, c] = sum_m routes_flat[b, c, inverse[m, p]]`` with ``routes_flat[b, c, k * L + l] =
   routes[b, k, c, l]``: the sum of all visits of position ``p``, accumulated in fp32, stored channel-contiguous.
+* ``merge + LayerNorm``: the merge of whole channel rows, normalised over the channels before the store (SS2D's
+  ``out_norm``, fused for calls without autograd: the merged fp32 map is neither written nor read back).
 
 Plain PyTorch twins of both live in ``vmamba/kernels/routes.py`` (the CPU path and the tests' reference).
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import triton
 import triton.language as tl
 
-from .host import cdiv, next_power_of_2
+from .host import cdiv, interpreting, next_power_of_2
 
-__all__ = ['gather_routes_triton', 'merge_routes_triton']
+__all__ = ['gather_routes_triton', 'merge_routes_triton', 'merge_routes_norm_triton', 'NORM_MAX_CHANNELS']
+
+NORM_MAX_CHANNELS = 4096  # the fused merge + LayerNorm holds whole (BLOCK_C = next_pow2(C)) channel rows
 
 
 @triton.jit
@@ -72,6 +78,41 @@ def _merge_routes_kernel(
     tl.store(out_ptr + out_offs, acc.to(out_ptr.dtype.element_ty), mask=mask)
 
 
+@triton.jit
+def _merge_routes_norm_kernel(
+        routes_ptr, inverse_ptr, w_ptr, b_ptr, out_ptr,
+        num_positions, channels, num_routes, length, num_visits, inv_channels, eps,
+        HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """The merge of :func:`_merge_routes_kernel` with all channels of BLOCK_P positions in one (BLOCK_C, BLOCK_P)
+    tile, followed by the LayerNorm of each position over its channels (same math as the LayerNorm kernel: fp32,
+    biased variance, ``1 / sqrt(var + eps)``); the merged map is never stored."""
+    pid_p = tl.program_id(0)
+    batch = tl.program_id(1).to(tl.int64)
+    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    offs_c = tl.arange(0, BLOCK_C)
+    mask_p = offs_p < num_positions
+    mask_c = offs_c < channels
+    mask = mask_c[:, None] & mask_p[None, :]
+    acc = tl.zeros([BLOCK_C, BLOCK_P], dtype=tl.float32)
+    for visit in range(num_visits):
+        flat = tl.load(inverse_ptr + visit * num_positions + offs_p, mask=mask_p, other=0).to(tl.int64)
+        route = flat // length
+        step = flat - route * length
+        offs = ((batch * num_routes + route[None, :]) * channels + offs_c[:, None]) * length + step[None, :]
+        acc += tl.load(routes_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    mean = tl.sum(acc, axis=0) * inv_channels
+    centred = tl.where(mask, acc - mean[None, :], 0.0)
+    var = tl.sum(centred * centred, axis=0) * inv_channels
+    y = centred * (1.0 / tl.sqrt(var + eps))[None, :]
+    if HAS_WEIGHT:
+        y = y * tl.load(w_ptr + offs_c, mask=mask_c, other=0.0).to(tl.float32)[:, None]
+    if HAS_BIAS:
+        y = y + tl.load(b_ptr + offs_c, mask=mask_c, other=0.0).to(tl.float32)[:, None]
+    out_offs = (batch * num_positions + offs_p[None, :]) * channels + offs_c[:, None]
+    tl.store(out_ptr + out_offs, y.to(out_ptr.dtype.element_ty), mask=mask)
+
+
 def _block_c(channels: int) -> int:
     return min(64, max(16, next_power_of_2(channels)))
 
@@ -103,4 +144,27 @@ def merge_routes_triton(routes: torch.Tensor, inverse: torch.Tensor) -> torch.Te
     _merge_routes_kernel[grid](
         routes, inverse, out, num_positions, channels, num_routes, length, num_visits,
         BLOCK_P=block_p, BLOCK_C=block_c, num_warps=4)
+    return out
+
+
+def merge_routes_norm_triton(routes: torch.Tensor, inverse: torch.Tensor, weight: Optional[torch.Tensor],
+                             bias: Optional[torch.Tensor], eps: float, out_dtype: torch.dtype) -> torch.Tensor:
+    """LayerNorm over the channels of the merged map, fused: (batch, K, C, L) contiguous routes, (M, P) int flat
+    visits, weight / bias (C,) contiguous or None -> (batch, P, C) contiguous in ``out_dtype`` (C <=
+    ``NORM_MAX_CHANNELS``)."""
+    batch, num_routes, channels, length = routes.shape
+    num_visits, num_positions = inverse.shape
+    if channels > NORM_MAX_CHANNELS:
+        raise ValueError(f'the fused merge + LayerNorm handles C <= {NORM_MAX_CHANNELS}, got C = {channels}')
+    out = routes.new_empty((batch, num_positions, channels), dtype=out_dtype)
+    if out.numel() == 0:
+        return out
+    block_c = max(16, next_power_of_2(channels))
+    block_p = 4 if interpreting() else max(1, min(64, 4096 // block_c))
+    grid = (cdiv(num_positions, block_p), batch)
+    _merge_routes_norm_kernel[grid](
+        routes, inverse, out if weight is None else weight, out if bias is None else bias, out,
+        num_positions, channels, num_routes, length, num_visits, 1.0 / channels, float(eps),
+        HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, BLOCK_P=block_p, BLOCK_C=block_c,
+        num_warps=4 if block_c * block_p <= 2048 else 8)
     return out
