@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One GPU session on the device machine (H100), run from the repo root; results go to $OUT.
-#   PARTS    : any of "tests check bench scan profile ab graph baseline" (default "tests check bench"), in the order given; a failing
+#   PARTS    : any of "tests check bench scan profile host ab graph baseline" (default "tests check bench"), in the order given; a failing
 #              part does not stop the others.
 #   tests    : GPU-marked tests in $TESTS (default: tests/kernels tests/models).
 #   check    : benchmarks/check_models_gpu.py (Triton path vs reference path) on $CHECK_MODELS (default: its list).
@@ -8,6 +8,8 @@
 #   scan     : benchmarks/bench_scan.py $SCAN_ARGS (default --quick: no reference check) -> $OUT/scan.md / scan.json.
 #   profile  : benchmarks/step_anatomy_gpu.py for $PROFILE_MODELS: wall / kernel / enqueue time and the top CUDA
 #              kernels of an AMP inference and train step (PROFILE_ARGS="--modes infer": inference only).
+#   host     : benchmarks/host_cost_gpu.py on $PROFILE_MODELS: host cost per call of aten ops and ours (split into
+#              validation, autograd.Function, Triton JIT launch, direct compiled-kernel launch) and a sync check.
 #   ab       : $ROUNDS (default 2) alternating rounds of "baseline tree, then this tree" (models + peers in both, no
 #              FLOPs), so that a drift of the host's speed during the session hits both alike -> $OUT/ab_{old,new}_<r>.
 #   graph    : the bench part with --cuda-graph (every step replayed as one CUDA graph: the GPU work alone) for this
@@ -40,6 +42,7 @@ for part in $PARTS; do
     scan) OUT="$OUT" timeout 300 python benchmarks/bench_scan.py ${SCAN_ARGS:---quick} 2>&1 | tail -30 ;;
     profile) timeout 300 python benchmarks/step_anatomy_gpu.py ${PROFILE_MODELS//,/ } --kernels 20 ${PROFILE_ARGS:-} 2>&1 \
                | grep -v Warning ;;
+    host) timeout 200 python benchmarks/host_cost_gpu.py ${PROFILE_MODELS//,/ } 2>&1 | grep -v Warning ;;
     ab) for r in $(seq 1 "${ROUNDS:-2}"); do
           (cd "$BASELINE_TREE" && PYTHONPATH="$ROOT/.gpu_deps:$PWD" timeout 280 python tools/benchmark.py \
              --models "$BASELINE_MODELS" --peers "$PEERS" --no-flops $BENCH_ARGS --out "$OUT/ab_old_$r" 2>&1 \

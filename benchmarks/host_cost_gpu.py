@@ -73,6 +73,8 @@ def launch_rows(label, jit, call):
     """Host cost of the JIT launch and of the compiled kernel's direct launch (all params in order)."""
     grid, args, kwargs = call
     compiled = jit[grid](*args, **kwargs)
+    if not hasattr(compiled, '__getitem__'):  # Triton versions whose compiled kernels take no grid
+        return [(f'{label}: JIT kernel[grid](...)', lambda: jit[grid](*args, **kwargs))]
     params = dict(zip(jit.arg_names, args))
     params.update({k: v for k, v in kwargs.items() if k in jit.arg_names})
     ordered = [params[name] for name in jit.arg_names]
