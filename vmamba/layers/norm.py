@@ -2,8 +2,6 @@
 LayerNorms of channels-last and NCHW maps on the Triton kernel (``vmamba/kernels/layer_norm.py``)."""
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import torch.nn.functional as F
 from timm.layers import register_notrace_module
@@ -50,15 +48,15 @@ def _check_channels(norm: nn.LayerNorm, x: torch.Tensor, channel_dim: int = -1) 
 class LayerNormFp32(nn.LayerNorm):
     """LayerNorm over the last dim, computed in at least fp32 and *not* cast back (see :class:`LayerNorm2dFp32`).
 
-    (..., C) any float dtype -> (..., C) in fp32 (fp64 for fp64 input), or in ``out_dtype`` if given: the fp32
-    result rounded once on store, the same values as ``.to(out_dtype)`` of the fp32 result without its extra pass.
-    Runs :func:`layer_norm_last_dim` (Triton on CUDA, many rows per program; ``F.layer_norm`` elsewhere).
+    (..., C) any float dtype -> (..., C) in fp32 (fp64 for fp64 input). Runs :func:`layer_norm_last_dim` (Triton
+    on CUDA, many rows per program; ``F.layer_norm`` elsewhere). SS2D's channels-last blocks pass its parameters to
+    :func:`~vmamba.kernels.routes.merge_routes_layer_norm` instead of calling it.
     """
 
-    def forward(self, x: torch.Tensor, out_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_channels(self, x)
         return layer_norm_last_dim_unchecked(x, self.weight, self.bias, self.eps,
-                                             out_dtype=out_dtype or torch.promote_types(x.dtype, torch.float32))
+                                             out_dtype=torch.promote_types(x.dtype, torch.float32))
 
 
 @register_notrace_module
