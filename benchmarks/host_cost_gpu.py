@@ -72,6 +72,7 @@ def captured_launch(module, kernel_name, fn):
 def launch_rows(label, jit, call):
     """Host cost of the JIT launch and of the compiled kernel's direct launch (all params in order)."""
     grid, args, kwargs = call
+    grid = tuple(grid) + (1,) * (3 - len(grid))  # the compiled kernel's launcher indexes all three grid dims
     compiled = jit[grid](*args, **kwargs)
     if not hasattr(compiled, '__getitem__'):  # Triton versions whose compiled kernels take no grid
         return [(f'{label}: JIT kernel[grid](...)', lambda: jit[grid](*args, **kwargs))]
