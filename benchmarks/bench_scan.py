@@ -211,34 +211,53 @@ def bench_case(name, case, fwd_config=None, bwd_config=None, with_backward=True)
     return result
 
 
-def bench_routes(copy_gbs, batch=128, size=56, channels=96, device='cuda', timer=None):
-    """Route gather / merge kernels at the VMamba-T stage-1 shape (cross scan, 4 routes), next to the PyTorch
-    reference ops (index_select + permute) timed in the same run. Minimal bytes: gather reads the map once and
-    writes K routes (fp16); merge reads K fp32 routes and writes the fp32 map."""
+def bench_routes(copy_gbs, batch=128, device='cuda', timer=None, shapes=((56, 96), (28, 192))):
+    """Route gather / merge kernels at VMamba-T stage-1 / stage-2 shapes (cross scan, 4 routes), next to the PyTorch
+    reference ops (index_select + permute) timed in the same run. The merges run with strips of consecutive
+    positions (``width`` unknown, the v9 tiling) and with map blocks (``width`` given; default 8 x 8 and a few other
+    tiles). Minimal bytes: gather reads the map once and writes K routes; merge reads K routes and writes the map;
+    merge + LayerNorm reads K fp32 routes and writes the fp16 map."""
     from vmamba.kernels.routes import gather_routes_ref, merge_routes_ref
-    from vmamba.kernels.triton.routes import gather_routes_triton, merge_routes_triton
+    from vmamba.kernels.triton.routes import gather_routes_triton, merge_routes_norm_triton, merge_routes_triton
     from vmamba.scans import get_scan_pattern
     timer = timer or (lambda fn: do_bench(fn, warmup=25, rep=200, return_mode='median'))
-    routes = get_scan_pattern('cross').routes(size, size, device)
-    tokens = torch.randn(batch, size * size, channels, device=device, dtype=torch.float16)
-    ys = torch.randn(batch, routes.num_routes, channels, routes.length, device=device)
-    gather_bytes = tokens.numel() * 2 * (1 + routes.num_routes)
-    merge_bytes = ys.numel() * 4 + tokens.numel() * 4
-    cases = (
-        ('gather (fp16)', lambda: gather_routes_triton(tokens, routes.index),
-         lambda: gather_routes_ref(tokens, routes.index), gather_bytes),
-        ('merge (fp32)', lambda: merge_routes_triton(ys, routes.inverse),
-         lambda: merge_routes_ref(ys, routes.inverse), merge_bytes),
-    )
-    lines = [f'Route kernels, cross scan, batch {batch}, {size}x{size}, {channels} channels',
-             '', '| op | Triton ms | GB/s | % copy | PyTorch ops ms | PyTorch / Triton | MB |', '|---|---|---|---|---|---|---|']
+    lines = [f'Route kernels, cross scan, batch {batch}', '',
+             '| map | op | Triton ms | GB/s | % copy | PyTorch ops ms | PyTorch / Triton | MB |',
+             '|---|---|---|---|---|---|---|---|']
     results = {}
-    for name, fn, ref, nbytes in cases:
-        ms, ref_ms = timer(fn), timer(ref)
-        gbs = nbytes / (ms * 1e-3) / 1e9
-        results[name] = dict(ms=ms, ref_ms=ref_ms, bytes=nbytes)
-        lines.append(f'| {name} | {ms:.4f} | {gbs:.0f} | {100 * gbs / copy_gbs:.0f}% | {ref_ms:.4f} | '
-                     f'{ref_ms / ms:.2f}x | {nbytes / 1e6:.1f} |')
+    for size, channels in shapes:
+        routes = get_scan_pattern('cross').routes(size, size, device)
+        tokens = torch.randn(batch, size * size, channels, device=device, dtype=torch.float16)
+        ys = torch.randn(batch, routes.num_routes, channels, routes.length, device=device)
+        ys16 = ys.half()
+        weight, bias = torch.randn(channels, device=device), torch.randn(channels, device=device)
+        gather_bytes = tokens.numel() * 2 * (1 + routes.num_routes)
+        cases = [('gather (fp16)', lambda: gather_routes_triton(tokens, routes.index),
+                  lambda: gather_routes_ref(tokens, routes.index), gather_bytes)]
+        for label, routes_in, elem in (('fp32', ys, 4), ('fp16', ys16, 2)):
+            nbytes = routes_in.numel() * elem + tokens.numel() * elem
+            ref = (lambda r=routes_in: merge_routes_ref(r, routes.inverse))
+            for width, tile, block_c in ((0, None, None), (size, None, None), (size, (4, 16), None),
+                                         (size, (16, 4), None), (size, (16, 16), 16), (size, (8, 8), 32)):
+                name = f'merge ({label}) ' + ('strips' if not width else f'tile {tile or (8, 8)} c{block_c or 64}')
+                cases.append((name, (lambda r=routes_in, w=width, t=tile, c=block_c:
+                                     merge_routes_triton(r, routes.inverse, w, tile=t, block_c=c)), ref, nbytes))
+        norm_bytes = ys.numel() * 4 + tokens.numel() * 2
+        norm_ref = (lambda: merge_routes_ref(ys, routes.inverse))
+        for width, tile in ((0, None), (size, None), (size, (4, 8)), (size, (2, 8)), (size, (8, 4))):
+            name = 'merge + norm (fp32 -> fp16) ' + ('strips' if not width else f'tile {tile or "default"}')
+            cases.append((name, (lambda w=width, t=tile: merge_routes_norm_triton(
+                ys, routes.inverse, weight, bias, 1e-5, torch.float16, w, tile=t)), norm_ref, norm_bytes))
+        for name, fn, ref, nbytes in cases:
+            try:
+                ms, ref_ms = timer(fn), timer(ref)
+            except Exception as exc:  # a tile may not compile (registers): report, keep going
+                print(f'  routes {size}x{size} {name}: failed: {type(exc).__name__}: {str(exc)[:160]}', flush=True)
+                continue
+            gbs = nbytes / (ms * 1e-3) / 1e9
+            results[f'{size}x{size}x{channels} {name}'] = dict(ms=ms, ref_ms=ref_ms, bytes=nbytes)
+            lines.append(f'| {size}x{size}x{channels} | {name} | {ms:.4f} | {gbs:.0f} | {100 * gbs / copy_gbs:.0f}% | '
+                         f'{ref_ms:.4f} | {ref_ms / ms:.2f}x | {nbytes / 1e6:.1f} |')
     return results, '\n'.join(lines)
 
 
@@ -291,6 +310,7 @@ def main():
     parser.add_argument('--sweep-budget', type=float, default=240.0, help='seconds for the sweep')
     parser.add_argument('--sweep-cases', nargs='*', default=None, help='sweep only these cases (default: all)')
     parser.add_argument('--quick', action='store_true', help='skip the reference check')
+    parser.add_argument('--routes-only', action='store_true', help='only the route gather / merge kernels')
     opts = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit('bench_scan.py needs a CUDA GPU')
@@ -327,7 +347,7 @@ def main():
 
     print('## benchmark', flush=True)
     rows = []
-    for name, case in list(CASES.items()) + list(EXTRA_ROWS.items()):
+    for name, case in [] if opts.routes_only else list(CASES.items()) + list(EXTRA_ROWS.items()):
         variants = [('default', None, None)]
         base = name if (name, 'fwd') in SWEEP else next(b for b in ('vmamba_t_stage1', 'vim_s') if name.startswith(b))
         if (base, 'fwd') in best or (base, 'bwd') in best:

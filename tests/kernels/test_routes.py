@@ -20,7 +20,7 @@ from vmamba.scans import get_scan_pattern  # noqa: E402
 
 DEVICE = 'cuda' if torch.cuda.is_available() else 'cpu'
 PATTERN_SIZES = [('cross', 5, 7), ('cross', 1, 1), ('atrous', 5, 7), ('bidirectional', 4, 6),
-                 ('local_bidirectional', 3, 9)]
+                 ('local_bidirectional', 3, 9), ('cross', 13, 10)]
 
 
 def _routes(pattern, height, width, device='cpu'):
@@ -68,10 +68,14 @@ def test_triton_matches_reference(pattern, height, width, dtype):
     gathered = gather_routes_triton(tokens, routes.index)
     torch.testing.assert_close(gathered, gather_routes_ref(tokens, routes.index), rtol=0, atol=0)
     ys = torch.randn(2, routes.num_routes, channels, routes.length, device=DEVICE).to(dtype)
-    merged = merge_routes_triton(ys, routes.inverse)
     expected = merge_routes_ref(ys.float(), routes.inverse).to(dtype)  # the kernel sums in fp32
     tol = {torch.float32: 1e-6, torch.float16: 1e-3, torch.bfloat16: 8e-3}[dtype]
-    torch.testing.assert_close(merged, expected, rtol=tol, atol=tol)
+    padded_w = routes.padded_hw[1]
+    # strips of consecutive positions (width unknown), the default 8 x 8 map blocks, and blocks that leave ragged
+    # tiles along both axes
+    for width, tile in ((0, None), (padded_w, None), (padded_w, (4, 2)), (padded_w, (2, 8))):
+        merged = merge_routes_triton(ys, routes.inverse, width, tile=tile)
+        torch.testing.assert_close(merged, expected, rtol=tol, atol=tol, msg=f'width {width}, tile {tile}')
 
 
 def _merge_norm_ref(ys, inverse, weight, bias, out_dtype):
@@ -82,7 +86,7 @@ def _merge_norm_ref(ys, inverse, weight, bias, out_dtype):
 @pytest.mark.parametrize('out_dtype', [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize('affine', [True, False])
 @pytest.mark.parametrize('pattern,height,width,channels', [
-    ('cross', 5, 7, 20), ('cross', 1, 1, 16), ('atrous', 5, 7, 33), ('cross', 3, 4, 96)])
+    ('cross', 5, 7, 20), ('cross', 1, 1, 16), ('atrous', 5, 7, 33), ('cross', 3, 4, 96), ('cross', 7, 3, 8)])
 def test_triton_merge_norm_matches_reference(pattern, height, width, channels, affine, out_dtype):
     """Fused merge + LayerNorm vs merge then LayerNorm (ragged position blocks: 4 per program in the
     interpreter; channel counts that are not powers of two)."""
@@ -90,10 +94,12 @@ def test_triton_merge_norm_matches_reference(pattern, height, width, channels, a
     ys = torch.randn(2, routes.num_routes, channels, routes.length, device=DEVICE) * 3 + 1
     weight = torch.randn(channels, device=DEVICE) if affine else None
     bias = torch.randn(channels, device=DEVICE) if affine else None
-    fused = merge_routes_norm_triton(ys, routes.inverse, weight, bias, 1e-5, out_dtype)
-    assert fused.shape == (2, num_positions, channels) and fused.dtype == out_dtype and fused.is_contiguous()
     tol = {torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 1e-2}[out_dtype]
-    torch.testing.assert_close(fused, _merge_norm_ref(ys, routes.inverse, weight, bias, out_dtype), rtol=tol, atol=tol)
+    expected = _merge_norm_ref(ys, routes.inverse, weight, bias, out_dtype)
+    for width in (0, routes.padded_hw[1]):  # strips of positions, 2 x 4 map blocks (interpreter tiles)
+        fused = merge_routes_norm_triton(ys, routes.inverse, weight, bias, 1e-5, out_dtype, width)
+        assert fused.shape == (2, num_positions, channels) and fused.dtype == out_dtype and fused.is_contiguous()
+        torch.testing.assert_close(fused, expected, rtol=tol, atol=tol, msg=f'width {width}')
 
 
 def test_merge_routes_layer_norm_dispatch(monkeypatch):
@@ -130,7 +136,7 @@ def test_custom_ops_autograd_and_opcheck():
     ys = torch.randn(2, routes.num_routes, 4, routes.length, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda y: merge_routes(y, routes.index, routes.inverse), (ys,))
     for op, arg in ((torch.ops.vmamba.gather_routes.default, tokens), (torch.ops.vmamba.merge_routes.default, ys)):
-        result = torch.library.opcheck(op, (arg, routes.index, routes.inverse))
+        result = torch.library.opcheck(op, (arg, routes.index, routes.inverse, routes.padded_hw[1]))
         assert all(v == 'SUCCESS' for v in result.values()), result
 
 
@@ -144,6 +150,8 @@ def test_bad_inputs_are_named():
         gather_routes(torch.randn(1, num_positions + 1, 4), routes.index, routes.inverse)
     with pytest.raises(ValueError, match=r'routes of shape \(batch, 4, C, 6\)'):
         merge_routes(torch.randn(1, 2, 4, 6), routes.index, routes.inverse)
+    with pytest.raises(ValueError, match='width must be 0 .* 6 positions, got 4'):
+        merge_routes(torch.randn(1, 4, 4, 6), routes.index, routes.inverse, 4)
 
 
 @pytest.mark.gpu
@@ -152,11 +160,12 @@ def test_gpu_real_size(dtype):
     """VMamba-T stage-1 sizes (56x56, 96 channels) on CUDA vs the reference."""
     routes, num_positions = _routes('cross', 56, 56, 'cuda')
     tokens = torch.randn(8, num_positions, 96, device='cuda').to(dtype)
-    torch.testing.assert_close(gather_routes(tokens, routes.index, routes.inverse),
+    torch.testing.assert_close(gather_routes(tokens, routes.index, routes.inverse, 56),
                                gather_routes_ref(tokens, routes.index), rtol=0, atol=0)
     ys = torch.randn(8, 4, 96, routes.length, device='cuda').to(dtype)
-    torch.testing.assert_close(merge_routes(ys, routes.index, routes.inverse),
-                               merge_routes_ref(ys.float(), routes.inverse).to(dtype), rtol=1e-3, atol=1e-3)
+    for width in (0, 56):
+        torch.testing.assert_close(merge_routes(ys, routes.index, routes.inverse, width),
+                                   merge_routes_ref(ys.float(), routes.inverse).to(dtype), rtol=1e-3, atol=1e-3)
 
 
 @pytest.mark.gpu
@@ -167,6 +176,6 @@ def test_gpu_merge_norm_real_size(out_dtype):
     ys = torch.randn(8, 4, 96, routes.length, device='cuda')
     weight, bias = torch.randn(96, device='cuda'), torch.randn(96, device='cuda')
     with torch.no_grad():
-        fused = merge_routes_layer_norm(ys, routes.index, routes.inverse, weight, bias, 1e-5, out_dtype)
+        fused = merge_routes_layer_norm(ys, routes.index, routes.inverse, weight, bias, 1e-5, out_dtype, 56)
     tol = 1e-4 if out_dtype == torch.float32 else 1e-2
     torch.testing.assert_close(fused, _merge_norm_ref(ys, routes.inverse, weight, bias, out_dtype), rtol=tol, atol=tol)

@@ -52,7 +52,7 @@ def merge_routes_ref(routes: Tensor, inverse: Tensor) -> Tensor:
     return out
 
 
-def _gather_impl(tokens: Tensor, index: Tensor, inverse: Tensor) -> Tensor:
+def _gather_impl(tokens: Tensor, index: Tensor, inverse: Tensor, width: int) -> Tensor:
     if _use_triton(tokens):
         from .triton.routes import gather_routes_triton
         return gather_routes_triton(tokens, index)
@@ -63,14 +63,14 @@ _gather_routes_op = torch.library.custom_op('vmamba::gather_routes', mutates_arg
 
 
 @_gather_routes_op.register_fake
-def _gather_routes_fake(tokens, index, inverse):
+def _gather_routes_fake(tokens, index, inverse, width):
     return tokens.new_empty((tokens.shape[0], index.shape[0], tokens.shape[2], index.shape[1]))
 
 
-def _merge_impl(routes: Tensor, index: Tensor, inverse: Tensor) -> Tensor:
+def _merge_impl(routes: Tensor, index: Tensor, inverse: Tensor, width: int) -> Tensor:
     if _use_triton(routes):
         from .triton.routes import merge_routes_triton
-        return merge_routes_triton(routes, inverse)
+        return merge_routes_triton(routes, inverse, width)
     return merge_routes_ref(routes, inverse)
 
 
@@ -78,23 +78,24 @@ _merge_routes_op = torch.library.custom_op('vmamba::merge_routes', mutates_args=
 
 
 @_merge_routes_op.register_fake
-def _merge_routes_fake(routes, index, inverse):
+def _merge_routes_fake(routes, index, inverse, width):
     return routes.new_empty((routes.shape[0], inverse.shape[1], routes.shape[2]))
 
 
 def _save_maps(ctx, inputs, output):
-    _, index, inverse = inputs
+    _, index, inverse, width = inputs
     ctx.save_for_backward(index, inverse)
+    ctx.width = width
 
 
 def _gather_backward(ctx, grad):
     index, inverse = ctx.saved_tensors
-    return _merge_routes_op(grad.contiguous(), index, inverse), None, None
+    return _merge_routes_op(grad.contiguous(), index, inverse, ctx.width), None, None, None
 
 
 def _merge_backward(ctx, grad):
     index, inverse = ctx.saved_tensors
-    return _gather_routes_op(_channel_contiguous(grad), index, inverse), None, None
+    return _gather_routes_op(_channel_contiguous(grad), index, inverse, ctx.width), None, None, None
 
 
 _gather_routes_op.register_autograd(_gather_backward, setup_context=_save_maps)
@@ -106,35 +107,37 @@ class _EagerGatherRoutes(torch.autograd.Function):
     (``layout.dispatch_through_custom_op``). Backward: the eager merge."""
 
     @staticmethod
-    def forward(ctx, tokens, index, inverse):
+    def forward(ctx, tokens, index, inverse, width):
         ctx.save_for_backward(index, inverse)
-        return _gather_impl(tokens, index, inverse)
+        ctx.width = width
+        return _gather_impl(tokens, index, inverse, width)
 
     @staticmethod
     def backward(ctx, grad):
         index, inverse = ctx.saved_tensors
-        return _EagerMergeRoutes.apply(grad.contiguous(), index, inverse), None, None
+        return _EagerMergeRoutes.apply(grad.contiguous(), index, inverse, ctx.width), None, None, None
 
 
 class _EagerMergeRoutes(torch.autograd.Function):
     """The merge op's implementation without the custom-op dispatch. Backward: the eager gather."""
 
     @staticmethod
-    def forward(ctx, routes, index, inverse):
+    def forward(ctx, routes, index, inverse, width):
         ctx.save_for_backward(index, inverse)
-        return _merge_impl(routes, index, inverse)
+        ctx.width = width
+        return _merge_impl(routes, index, inverse, width)
 
     @staticmethod
     def backward(ctx, grad):
         index, inverse = ctx.saved_tensors
-        return _EagerGatherRoutes.apply(_channel_contiguous(grad), index, inverse), None, None
+        return _EagerGatherRoutes.apply(_channel_contiguous(grad), index, inverse, ctx.width), None, None, None
 
 
 def _channel_contiguous(tokens: Tensor) -> Tensor:
     return tokens if tokens.stride(-1) == 1 else tokens.contiguous()
 
 
-def _check_maps(index: Tensor, inverse: Tensor, device: torch.device, num_positions: int) -> None:
+def _check_maps(index: Tensor, inverse: Tensor, device: torch.device, num_positions: int, width: int) -> None:
     if index.ndim != 2 or inverse.ndim != 2:
         raise ValueError(f'index must be (K, L) and inverse (M, P), got {tuple(index.shape)} and '
                          f'{tuple(inverse.shape)}')
@@ -146,56 +149,63 @@ def _check_maps(index: Tensor, inverse: Tensor, device: torch.device, num_positi
     if inverse.shape[1] != num_positions or inverse.numel() != index.numel():
         raise ValueError(f'inverse {tuple(inverse.shape)} does not match index {tuple(index.shape)} over '
                          f'{num_positions} positions')
+    if width < 0 or (width and num_positions % width):
+        raise ValueError(f'width must be 0 (unknown) or the width of the map of {num_positions} positions, '
+                         f'got {width}')
 
 
-def gather_routes(tokens: Tensor, index: Tensor, inverse: Tensor) -> Tensor:
+def gather_routes(tokens: Tensor, index: Tensor, inverse: Tensor, width: int = 0) -> Tensor:
     """Token-major map -> scan routes.
 
     Args:
         tokens: (batch, P, C) float; any batch / position strides (channels are made contiguous if needed).
         index: (K, L) int64, the position visited at step l of route k.
         inverse: (M, P) int64, the flat visits ``k * L + l`` of every position (used by the backward).
+        width: the width of the (row-major) map, or 0 if unknown; only the backward's merge uses it (see
+            :func:`merge_routes`).
     Returns:
         (batch, K, C, L) contiguous, in the dtype of ``tokens``.
     """
     if tokens.ndim != 3:
         raise ValueError(f'gather_routes expects (batch, positions, channels) tokens, got shape {tuple(tokens.shape)}')
-    _check_maps(index, inverse, tokens.device, tokens.shape[1])
+    _check_maps(index, inverse, tokens.device, tokens.shape[1], width)
     tokens = _channel_contiguous(tokens)
     if dispatch_through_custom_op(tokens):
-        return _gather_routes_op(tokens, index, inverse)
+        return _gather_routes_op(tokens, index, inverse, width)
     if not records_autograd(tokens):
-        return _gather_impl(tokens, index, inverse)
-    return _EagerGatherRoutes.apply(tokens, index, inverse)
+        return _gather_impl(tokens, index, inverse, width)
+    return _EagerGatherRoutes.apply(tokens, index, inverse, width)
 
 
-def merge_routes(routes: Tensor, index: Tensor, inverse: Tensor) -> Tensor:
+def merge_routes(routes: Tensor, index: Tensor, inverse: Tensor, width: int = 0) -> Tensor:
     """Scan routes -> token-major map: the sum of all visits of each position.
 
     Args:
         routes: (batch, K, C, L) float.
         index, inverse: as for :func:`gather_routes`.
+        width: the width of the (row-major) map of P positions, or 0 if unknown. Same result either way; with it the
+            Triton kernel merges square blocks of the map, so routes that walk columns read whole memory sectors.
     Returns:
         (batch, P, C) contiguous, in the dtype of ``routes``.
     """
     if routes.ndim != 4 or routes.shape[1] != index.shape[0] or routes.shape[3] != index.shape[1]:
         raise ValueError(f'merge_routes expects routes of shape (batch, {index.shape[0]}, C, {index.shape[1]}), '
                          f'got {tuple(routes.shape)}')
-    _check_maps(index, inverse, routes.device, inverse.shape[1])
+    _check_maps(index, inverse, routes.device, inverse.shape[1], width)
     routes = routes.contiguous()
     if dispatch_through_custom_op(routes):
-        return _merge_routes_op(routes, index, inverse)
+        return _merge_routes_op(routes, index, inverse, width)
     if not records_autograd(routes):
-        return _merge_impl(routes, index, inverse)
-    return _EagerMergeRoutes.apply(routes, index, inverse)
+        return _merge_impl(routes, index, inverse, width)
+    return _EagerMergeRoutes.apply(routes, index, inverse, width)
 
 
 def merge_routes_layer_norm(routes: Tensor, index: Tensor, inverse: Tensor, weight: Optional[Tensor],
-                            bias: Optional[Tensor], eps: float, out_dtype: torch.dtype) -> Tensor:
+                            bias: Optional[Tensor], eps: float, out_dtype: torch.dtype, width: int = 0) -> Tensor:
     """:func:`merge_routes` followed by a LayerNorm over the channels, computed in fp32 and stored in ``out_dtype``.
 
     Args:
-        routes, index, inverse: as for :func:`merge_routes`.
+        routes, index, inverse, width: as for :func:`merge_routes`.
         weight, bias: (C,) or None; eps: the LayerNorm's eps.
     Returns:
         (batch, P, C) contiguous in ``out_dtype``: ``layer_norm_last_dim(merge_routes(routes, index, inverse),
@@ -210,11 +220,11 @@ def merge_routes_layer_norm(routes: Tensor, index: Tensor, inverse: Tensor, weig
                              f'routes, got {tuple(t.shape)} on {t.device}')
     if (not _use_triton(routes) or channels > _NORM_MAX_CHANNELS or dispatch_through_custom_op(routes)
             or records_autograd(routes, weight, bias)):
-        return layer_norm_last_dim_unchecked(merge_routes(routes, index, inverse), weight, bias, eps, out_dtype)
+        return layer_norm_last_dim_unchecked(merge_routes(routes, index, inverse, width), weight, bias, eps, out_dtype)
     if routes.shape[1] != index.shape[0] or routes.shape[3] != index.shape[1]:
         raise ValueError(f'merge_routes_layer_norm expects routes of shape (batch, {index.shape[0]}, C, '
                          f'{index.shape[1]}), got {tuple(routes.shape)}')
-    _check_maps(index, inverse, routes.device, inverse.shape[1])
+    _check_maps(index, inverse, routes.device, inverse.shape[1], width)
     from .triton.routes import merge_routes_norm_triton
     return merge_routes_norm_triton(routes.contiguous(), inverse, None if weight is None else weight.contiguous(),
-                                    None if bias is None else bias.contiguous(), eps, out_dtype)
+                                    None if bias is None else bias.contiguous(), eps, out_dtype, width)

@@ -84,9 +84,9 @@ def _projections(xs, x_proj_weight, dt_proj_weight):
     return delta, B.contiguous(), C.contiguous()
 
 
-def _route_projections(tokens, x_proj_weight, dt_proj_weight, index, inverse):
-    """tokens (B, L', D) -> routes xs (B, K, D, L) and their :func:`_projections`."""
-    xs = gather_routes(tokens, index, inverse)
+def _route_projections(tokens, x_proj_weight, dt_proj_weight, index, inverse, width):
+    """tokens (B, L', D) of a map ``width`` wide -> routes xs (B, K, D, L) and their :func:`_projections`."""
+    xs = gather_routes(tokens, index, inverse, width)
     return (xs, *_projections(xs, x_proj_weight, dt_proj_weight))
 
 
@@ -100,24 +100,25 @@ class _RoutesScan(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, tokens, x_proj_weight, dt_proj_weight, A, D, delta_bias, index, inverse, reverse, local_window):
+    def forward(ctx, tokens, x_proj_weight, dt_proj_weight, A, D, delta_bias, index, inverse, width, reverse,
+                local_window):
         batch, num_routes, length = tokens.shape[0], index.shape[0], index.shape[1]
         with torch.autocast(tokens.device.type, enabled=False):
-            xs, delta, B, C = _route_projections(tokens, x_proj_weight, dt_proj_weight, index, inverse)
+            xs, delta, B, C = _route_projections(tokens, x_proj_weight, dt_proj_weight, index, inverse, width)
             ys = selective_scan_no_autograd(
                 xs.flatten(1, 2), delta.flatten(1, 2), A, B, C, D, None, delta_bias, True, reverse, local_window,
                 A.dtype)
         ctx.save_for_backward(tokens, x_proj_weight, dt_proj_weight, A, D, delta_bias, index, inverse)
-        ctx.scan_options = (reverse, local_window)
+        ctx.scan_options = (width, reverse, local_window)
         return ys.view(batch, num_routes, -1, length)
 
     @staticmethod
     def backward(ctx, grad_ys):
         tokens, x_proj_weight, dt_proj_weight, A, D, delta_bias, index, inverse = ctx.saved_tensors
-        reverse, local_window = ctx.scan_options
+        width, reverse, local_window = ctx.scan_options
         leaves = [t.detach().requires_grad_(t.requires_grad) for t in (tokens, x_proj_weight, dt_proj_weight)]
         with torch.enable_grad(), torch.autocast(tokens.device.type, enabled=False):
-            xs, delta, B, C = _route_projections(*leaves, index, inverse)
+            xs, delta, B, C = _route_projections(*leaves, index, inverse, width)
         du, ddelta, dA, dB, dC, dD, _, ddelta_bias = selective_scan_input_grads(
             grad_ys.flatten(1, 2), xs.flatten(1, 2).detach(), delta.flatten(1, 2).detach(), A, B.detach(),
             C.detach(), D, None, delta_bias, True, reverse, local_window)
@@ -125,7 +126,7 @@ class _RoutesScan(torch.autograd.Function):
                  if t.requires_grad]  # e.g. frozen projections: only some recomputed tensors need gradients
         if pairs:
             torch.autograd.backward([t for t, _ in pairs], [g for _, g in pairs])
-        return (leaves[0].grad, leaves[1].grad, leaves[2].grad, dA, dD, ddelta_bias, None, None, None, None)
+        return (leaves[0].grad, leaves[1].grad, leaves[2].grad, dA, dD, ddelta_bias, None, None, None, None, None)
 
 
 @register_notrace_module  # shape-dependent scan routes: a leaf module for torch.fx tracing
@@ -288,11 +289,12 @@ class SS2D(nn.Module):
             # Training: keep only the map for the backward, not the K route copies and delta (_RoutesScan).
             x_proj_weight, dt_proj_weight, A, D_skip, delta_bias = self._pack(tokens.dtype)
             ys = _RoutesScan.apply(tokens, x_proj_weight, dt_proj_weight, A, D_skip, delta_bias, routes.index,
-                                   routes.inverse, tuple(routes.reverse), int(routes.local_window or 0))
+                                   routes.inverse, padded_w, tuple(routes.reverse), int(routes.local_window or 0))
         else:
-            ys = self._scan_routes(gather_routes(tokens, routes.index, routes.inverse), routes)
+            ys = self._scan_routes(gather_routes(tokens, routes.index, routes.inverse, padded_w), routes)
         norm = self.out_norm
-        y = merge_routes_layer_norm(ys, routes.index, routes.inverse, norm.weight, norm.bias, norm.eps, out_dtype)
+        y = merge_routes_layer_norm(ys, routes.index, routes.inverse, norm.weight, norm.bias, norm.eps, out_dtype,
+                                    padded_w)
         y = y.view(batch, padded_h, padded_w, channels)
         if (padded_h, padded_w) != (height, width):
             y = y[:, :height, :width]  # per-token norm: normalising the padding too and cropping is the same

@@ -8,6 +8,9 @@ route index maps of :class:`vmamba.scans.ScanRoutes`:
   rows are contiguous channel vectors (coalesced for any route order) and stores it transposed along ``l``.
 * ``merge``: ``tokens[b, p, c] = sum_m routes_flat[b, c, inverse[m, p]]`` with ``routes_flat[b, c, k * L + l] =
   routes[b, k, c, l]``: the sum of all visits of position ``p``, accumulated in fp32, stored channel-contiguous.
+  Given the map's width, a program takes a ``TILE_H x TILE_W`` block of the map: every route that walks rows or
+  columns then reads runs of ``TILE_W`` or ``TILE_H`` consecutive steps (whole 32-byte sectors), where a strip of
+  consecutive positions of one row would give a column-major route one sector per element.
 * ``merge + LayerNorm``: the merge of whole channel rows, normalised over the channels before the store (SS2D's
   ``out_norm``, fused for calls without autograd: the merged fp32 map is neither written nor read back).
 
@@ -15,7 +18,8 @@ Plain PyTorch twins of both live in ``vmamba/kernels/routes.py`` (the CPU path a
 """
 from __future__ import annotations
 
-from typing import Optional
+import math
+from typing import Optional, Tuple
 
 import torch
 import triton
@@ -52,6 +56,15 @@ def _gather_routes_kernel(
 
 
 @triton.jit
+def _tile_positions(pid, height, width, tiles_w, TILE_H: tl.constexpr, TILE_W: tl.constexpr):
+    """Row-major positions (and their mask) of the program's TILE_H x TILE_W block of a (height, width) map."""
+    i = tl.arange(0, TILE_H * TILE_W)
+    row = (pid // tiles_w) * TILE_H + i // TILE_W
+    col = (pid % tiles_w) * TILE_W + i % TILE_W
+    return row * width + col, (row < height) & (col < width)
+
+
+@triton.jit
 def _sum_visits(routes_ptr, inverse_ptr, batch, offs_p, offs_c, mask_p, mask,
                 num_positions, channels, num_routes, length, num_visits,
                 BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
@@ -70,18 +83,18 @@ def _sum_visits(routes_ptr, inverse_ptr, batch, offs_p, offs_c, mask_p, mask,
 @triton.jit
 def _merge_routes_kernel(
         routes_ptr, inverse_ptr, out_ptr,
-        num_positions, channels, num_routes, length, num_visits,
-        BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+        num_positions, channels, num_routes, length, num_visits, height, width, tiles_w,
+        TILE_H: tl.constexpr, TILE_W: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
+    BLOCK_P: tl.constexpr = TILE_H * TILE_W
     pid_p = tl.program_id(0)
     pid_c = tl.program_id(1)
     batch = tl.program_id(2).to(tl.int64)
 
-    # Tiles are (BLOCK_C, BLOCK_P): positions along the fast axis, so the loads of a route that walks the map in
-    # row-major order are contiguous; the store is transposed to channel-contiguous rows by the compiler.
-    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    # Tiles are (BLOCK_C, BLOCK_P): positions along the fast axis, so the loads of a route are runs of consecutive
+    # steps; the store is transposed to channel-contiguous rows by the compiler.
+    offs_p, mask_p = _tile_positions(pid_p, height, width, tiles_w, TILE_H, TILE_W)
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    mask_p = offs_p < num_positions
     mask = (offs_c < channels)[:, None] & mask_p[None, :]
     acc = _sum_visits(routes_ptr, inverse_ptr, batch, offs_p, offs_c, mask_p, mask,
                       num_positions, channels, num_routes, length, num_visits, BLOCK_P, BLOCK_C)
@@ -92,17 +105,18 @@ def _merge_routes_kernel(
 @triton.jit
 def _merge_routes_norm_kernel(
         routes_ptr, inverse_ptr, w_ptr, b_ptr, out_ptr,
-        num_positions, channels, num_routes, length, num_visits, inv_channels, eps,
-        HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+        num_positions, channels, num_routes, length, num_visits, height, width, tiles_w, inv_channels, eps,
+        HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, TILE_H: tl.constexpr, TILE_W: tl.constexpr,
+        BLOCK_C: tl.constexpr,
 ):
     """The merge of :func:`_merge_routes_kernel` with all channels of BLOCK_P positions in one (BLOCK_C, BLOCK_P)
     tile, followed by the LayerNorm of each position over its channels (same math as the LayerNorm kernel: fp32,
     biased variance, ``1 / sqrt(var + eps)``); the merged map is never stored."""
+    BLOCK_P: tl.constexpr = TILE_H * TILE_W
     pid_p = tl.program_id(0)
     batch = tl.program_id(1).to(tl.int64)
-    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    offs_p, mask_p = _tile_positions(pid_p, height, width, tiles_w, TILE_H, TILE_W)
     offs_c = tl.arange(0, BLOCK_C)
-    mask_p = offs_p < num_positions
     mask_c = offs_c < channels
     mask = mask_c[:, None] & mask_p[None, :]
     acc = _sum_visits(routes_ptr, inverse_ptr, batch, offs_p, offs_c, mask_p, mask,
@@ -138,26 +152,47 @@ def gather_routes_triton(tokens: torch.Tensor, index: torch.Tensor) -> torch.Ten
     return out
 
 
-def merge_routes_triton(routes: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
-    """(batch, K, C, L) contiguous, (M, P) int flat visits -> (batch, P, C) contiguous, in the routes' dtype."""
+def _map_tiles(num_positions: int, width: int, block_p: int, tile: Optional[Tuple[int, int]] = None):
+    """(height, width, (TILE_H, TILE_W), programs per map) for ``block_p``-position tiles: square-ish blocks of a
+    map of known ``width`` (> 0), else strips of ``block_p`` consecutive positions (a 1 x P map)."""
+    if width <= 0:
+        width, tile = num_positions, (1, block_p)
+    elif num_positions % width:
+        raise ValueError(f'width {width} does not divide the {num_positions} positions of the map')
+    if tile is None:  # 8 x 8 for 64 positions (a 32-byte sector is 8 fp32), 4 x 8 for 32, 4 x 4 for 16, ...
+        tile_w = min(8, next_power_of_2(math.ceil(math.sqrt(block_p))))
+        tile = (block_p // tile_w, tile_w)
+    height = num_positions // width
+    tiles_w = cdiv(width, tile[1])
+    return height, width, tile, tiles_w, cdiv(height, tile[0]) * tiles_w
+
+
+def merge_routes_triton(routes: torch.Tensor, inverse: torch.Tensor, width: int = 0, *,
+                        tile: Optional[Tuple[int, int]] = None, block_c: Optional[int] = None) -> torch.Tensor:
+    """(batch, K, C, L) contiguous, (M, P) int flat visits -> (batch, P, C) contiguous, in the routes' dtype.
+    ``width``: the map's width (P = height * width; 0 = unknown: strips of consecutive positions). ``tile`` (TILE_H,
+    TILE_W) / ``block_c``: tile sizes (benchmarks; default 8 x 8 positions x up to 64 channels)."""
     batch, num_routes, channels, length = routes.shape
     num_visits, num_positions = inverse.shape
     out = routes.new_empty((batch, num_positions, channels))
     if out.numel() == 0:
         return out
-    block_p, block_c = 64, _block_c(channels)
-    grid = (cdiv(num_positions, block_p), cdiv(channels, block_c), batch)
+    block_c = block_c or _block_c(channels)
+    height, width, tile, tiles_w, programs = _map_tiles(num_positions, width, 64, tile)
+    grid = (programs, cdiv(channels, block_c), batch)
     _merge_routes_kernel[grid](
-        routes, inverse, out, num_positions, channels, num_routes, length, num_visits,
-        BLOCK_P=block_p, BLOCK_C=block_c, num_warps=4)
+        routes, inverse, out, num_positions, channels, num_routes, length, num_visits, height, width, tiles_w,
+        TILE_H=tile[0], TILE_W=tile[1], BLOCK_C=block_c, num_warps=4)
     return out
 
 
 def merge_routes_norm_triton(routes: torch.Tensor, inverse: torch.Tensor, weight: Optional[torch.Tensor],
-                             bias: Optional[torch.Tensor], eps: float, out_dtype: torch.dtype) -> torch.Tensor:
+                             bias: Optional[torch.Tensor], eps: float, out_dtype: torch.dtype, width: int = 0, *,
+                             tile: Optional[Tuple[int, int]] = None) -> torch.Tensor:
     """LayerNorm over the channels of the merged map, fused: (batch, K, C, L) contiguous routes, (M, P) int flat
     visits, weight / bias (C,) contiguous or None -> (batch, P, C) contiguous in ``out_dtype`` (C <=
-    ``NORM_MAX_CHANNELS``)."""
+    ``NORM_MAX_CHANNELS``). ``width`` / ``tile``: as for :func:`merge_routes_triton` (whole channel rows, up to 64
+    positions per tile)."""
     batch, num_routes, channels, length = routes.shape
     num_visits, num_positions = inverse.shape
     if channels > NORM_MAX_CHANNELS:
@@ -166,11 +201,13 @@ def merge_routes_norm_triton(routes: torch.Tensor, inverse: torch.Tensor, weight
     if out.numel() == 0:
         return out
     block_c = max(16, next_power_of_2(channels))
-    block_p = 4 if interpreting() else max(1, min(64, 4096 // block_c))
-    grid = (cdiv(num_positions, block_p), batch)
+    block_p = 8 if interpreting() else max(1, min(64, 16384 // block_c))
+    height, width, tile, tiles_w, programs = _map_tiles(num_positions, width, block_p, tile)
+    elements = block_c * tile[0] * tile[1]
+    grid = (programs, batch)
     _merge_routes_norm_kernel[grid](
         routes, inverse, out if weight is None else weight, out if bias is None else bias, out,
-        num_positions, channels, num_routes, length, num_visits, 1.0 / channels, float(eps),
-        HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, BLOCK_P=block_p, BLOCK_C=block_c,
-        num_warps=4 if block_c * block_p <= 2048 else 8)
+        num_positions, channels, num_routes, length, num_visits, height, width, tiles_w, 1.0 / channels, float(eps),
+        HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, TILE_H=tile[0], TILE_W=tile[1], BLOCK_C=block_c,
+        num_warps=4 if elements <= 4096 else 8 if elements <= 8192 else 16)
     return out
