@@ -261,6 +261,53 @@ def bench_routes(copy_gbs, batch=128, device='cuda', timer=None, shapes=((56, 96
     return results, '\n'.join(lines)
 
 
+def sweep_routes(time_budget_s, batch=128, device='cuda', shapes=((56, 96), (28, 192), (14, 384), (7, 768))):
+    """Launch configurations of the merge kernels per VMamba-T stage shape (cross scan): median ms of each, sorted;
+    also merge (best) + the LayerNorm kernel as two launches, the alternative to the fused merge + norm."""
+    from vmamba.kernels.layer_norm import layer_norm_last_dim_unchecked
+    from vmamba.kernels.triton.routes import merge_routes_norm_triton, merge_routes_triton
+    from vmamba.scans import get_scan_pattern
+    start = time.time()
+    lines = ['| map | op | best configs (ms) |', '|---|---|---|']
+    for size, channels in shapes:
+        routes = get_scan_pattern('cross').routes(size, size, device)
+        ys = torch.randn(batch, routes.num_routes, channels, routes.length, device=device)
+        weight, bias = torch.randn(channels, device=device), torch.randn(channels, device=device)
+        for label, r in (('merge fp32', ys), ('merge fp16', ys.half()), ('merge + norm', ys)):
+            timings = []
+            if label == 'merge + norm':
+                configs = [(t, None, w) for t in ((1, 8), (2, 4), (2, 8), (4, 4), (4, 8), (8, 8)) for w in (2, 4, 8)]
+            else:
+                configs = [(t, c, w) for t in ((4, 8), (8, 8), (8, 16), (16, 8)) for c in (16, 32) for w in (2, 4)]
+            for tile, block_c, warps in configs:
+                if time.time() - start > time_budget_s:
+                    break
+                if label == 'merge + norm':
+                    fn = (lambda t=tile, w=warps: merge_routes_norm_triton(
+                        r, routes.inverse, weight, bias, 1e-5, torch.float16, size, tile=t, num_warps=w))
+                else:
+                    fn = (lambda t=tile, c=block_c, w=warps: merge_routes_triton(
+                        r, routes.inverse, size, tile=t, block_c=c, num_warps=w))
+                try:
+                    fn()
+                    timings.append((do_bench(fn, warmup=10, rep=50, return_mode='median'), tile, block_c, warps))
+                except Exception as exc:  # registers / shared memory: report, keep going
+                    print(f'  {size} {label} {tile} c{block_c} w{warps}: failed: {str(exc)[:120]}', flush=True)
+            timings.sort(key=lambda t: t[0])
+            if label == 'merge fp32' and timings:
+                _, tile, block_c, warps = timings[0]
+                two = (lambda: layer_norm_last_dim_unchecked(merge_routes_triton(
+                    ys, routes.inverse, size, tile=tile, block_c=block_c, num_warps=warps), weight, bias, 1e-5,
+                    torch.float16))
+                two_ms = do_bench(two, warmup=10, rep=50, return_mode='median')
+            best = ' · '.join(f'{t} c{c} w{w} {ms:.4f}' for ms, t, c, w in timings[:4])
+            if label == 'merge + norm':
+                best += f' · (best merge fp32, then the LayerNorm kernel: {two_ms:.4f})'
+            lines.append(f'| {size}x{size}x{channels} | {label} | {best} |')
+            print(lines[-1], flush=True)
+    return '\n'.join(lines)
+
+
 def sweep(time_budget_s, cases=None):
     """Best tile config per (case, direction), by median time; stops when the time budget is used up."""
     start = time.time()
@@ -311,6 +358,7 @@ def main():
     parser.add_argument('--sweep-cases', nargs='*', default=None, help='sweep only these cases (default: all)')
     parser.add_argument('--quick', action='store_true', help='skip the reference check')
     parser.add_argument('--routes-only', action='store_true', help='only the route gather / merge kernels')
+    parser.add_argument('--routes-sweep', type=float, default=0, help='seconds for a sweep of the merge kernels')
     opts = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit('bench_scan.py needs a CUDA GPU')
@@ -373,6 +421,9 @@ def main():
     table = '\n'.join(lines)
     report['routes'], routes_table = bench_routes(copy_gbs)
     table += '\n\n' + routes_table
+    if opts.routes_sweep:
+        table += '\n\nMerge kernel configurations ((TILE_H, TILE_W), channels per tile, warps -> median ms)\n\n'
+        table += sweep_routes(opts.routes_sweep)
     out_dir = os.environ.get('OUT')
     if out_dir:
         os.makedirs(out_dir, exist_ok=True)

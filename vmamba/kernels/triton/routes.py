@@ -168,10 +168,12 @@ def _map_tiles(num_positions: int, width: int, block_p: int, tile: Optional[Tupl
 
 
 def merge_routes_triton(routes: torch.Tensor, inverse: torch.Tensor, width: int = 0, *,
-                        tile: Optional[Tuple[int, int]] = None, block_c: Optional[int] = None) -> torch.Tensor:
+                        tile: Optional[Tuple[int, int]] = None, block_c: Optional[int] = None,
+                        num_warps: int = 4) -> torch.Tensor:
     """(batch, K, C, L) contiguous, (M, P) int flat visits -> (batch, P, C) contiguous, in the routes' dtype.
     ``width``: the map's width (P = height * width; 0 = unknown: strips of consecutive positions). ``tile`` (TILE_H,
-    TILE_W) / ``block_c``: tile sizes (benchmarks; default 8 x 8 positions x up to 64 channels)."""
+    TILE_W) / ``block_c`` / ``num_warps``: launch configuration (benchmarks; default 8 x 8 positions x up to 64
+    channels)."""
     batch, num_routes, channels, length = routes.shape
     num_visits, num_positions = inverse.shape
     out = routes.new_empty((batch, num_positions, channels))
@@ -182,17 +184,17 @@ def merge_routes_triton(routes: torch.Tensor, inverse: torch.Tensor, width: int 
     grid = (programs, cdiv(channels, block_c), batch)
     _merge_routes_kernel[grid](
         routes, inverse, out, num_positions, channels, num_routes, length, num_visits, height, width, tiles_w,
-        TILE_H=tile[0], TILE_W=tile[1], BLOCK_C=block_c, num_warps=4)
+        TILE_H=tile[0], TILE_W=tile[1], BLOCK_C=block_c, num_warps=num_warps)
     return out
 
 
 def merge_routes_norm_triton(routes: torch.Tensor, inverse: torch.Tensor, weight: Optional[torch.Tensor],
                              bias: Optional[torch.Tensor], eps: float, out_dtype: torch.dtype, width: int = 0, *,
-                             tile: Optional[Tuple[int, int]] = None) -> torch.Tensor:
+                             tile: Optional[Tuple[int, int]] = None, num_warps: Optional[int] = None) -> torch.Tensor:
     """LayerNorm over the channels of the merged map, fused: (batch, K, C, L) contiguous routes, (M, P) int flat
     visits, weight / bias (C,) contiguous or None -> (batch, P, C) contiguous in ``out_dtype`` (C <=
-    ``NORM_MAX_CHANNELS``). ``width`` / ``tile``: as for :func:`merge_routes_triton` (whole channel rows, up to 64
-    positions per tile)."""
+    ``NORM_MAX_CHANNELS``). ``width`` / ``tile`` / ``num_warps``: as for :func:`merge_routes_triton` (whole channel
+    rows, up to 64 positions per tile)."""
     batch, num_routes, channels, length = routes.shape
     num_visits, num_positions = inverse.shape
     if channels > NORM_MAX_CHANNELS:
@@ -209,5 +211,5 @@ def merge_routes_norm_triton(routes: torch.Tensor, inverse: torch.Tensor, weight
         routes, inverse, out if weight is None else weight, out if bias is None else bias, out,
         num_positions, channels, num_routes, length, num_visits, height, width, tiles_w, 1.0 / channels, float(eps),
         HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, TILE_H=tile[0], TILE_W=tile[1], BLOCK_C=block_c,
-        num_warps=4 if elements <= 4096 else 8 if elements <= 8192 else 16)
+        num_warps=num_warps or (4 if elements <= 4096 else 8 if elements <= 8192 else 16))
     return out
