@@ -215,10 +215,12 @@ def bench_routes(copy_gbs, batch=128, device='cuda', timer=None, shapes=((56, 96
     """Route gather / merge kernels at VMamba-T stage-1 / stage-2 shapes (cross scan, 4 routes), next to the PyTorch
     reference ops (index_select + permute) timed in the same run. The merges run with strips of consecutive
     positions (``width`` unknown, the v9 tiling) and with map blocks (``width`` given; default 8 x 8 and a few other
-    tiles). Minimal bytes: gather reads the map once and writes K routes; merge reads K routes and writes the map;
-    merge + LayerNorm reads K fp32 routes and writes the fp16 map."""
+    tiles), and as SS2D uses it: merge then the LayerNorm kernel (fp32 routes -> fp16 normalised map). Minimal bytes:
+    gather reads the map once and writes K routes; merge reads K routes and writes the map; merge + LayerNorm reads
+    K fp32 routes and writes the fp16 map."""
+    from vmamba.kernels.layer_norm import layer_norm_last_dim_unchecked
     from vmamba.kernels.routes import gather_routes_ref, merge_routes_ref
-    from vmamba.kernels.triton.routes import gather_routes_triton, merge_routes_norm_triton, merge_routes_triton
+    from vmamba.kernels.triton.routes import gather_routes_triton, merge_routes_triton
     from vmamba.scans import get_scan_pattern
     timer = timer or (lambda fn: do_bench(fn, warmup=25, rep=200, return_mode='median'))
     lines = [f'Route kernels, cross scan, batch {batch}', '',
@@ -237,17 +239,16 @@ def bench_routes(copy_gbs, batch=128, device='cuda', timer=None, shapes=((56, 96
         for label, routes_in, elem in (('fp32', ys, 4), ('fp16', ys16, 2)):
             nbytes = routes_in.numel() * elem + tokens.numel() * elem
             ref = (lambda r=routes_in: merge_routes_ref(r, routes.inverse))
-            for width, tile, block_c in ((0, None, None), (size, None, None), (size, (4, 16), None),
-                                         (size, (16, 4), None), (size, (16, 16), 16), (size, (8, 8), 32)):
-                name = f'merge ({label}) ' + ('strips' if not width else f'tile {tile or (8, 8)} c{block_c or 64}')
+            for width, tile, block_c in ((0, None, None), (size, None, None), (size, (8, 8), 32)):
+                name = f'merge ({label}) ' + ('strips' if not width else f'tile {tile or (8, 8)} c{block_c or 16}')
                 cases.append((name, (lambda r=routes_in, w=width, t=tile, c=block_c:
                                      merge_routes_triton(r, routes.inverse, w, tile=t, block_c=c)), ref, nbytes))
         norm_bytes = ys.numel() * 4 + tokens.numel() * 2
         norm_ref = (lambda: merge_routes_ref(ys, routes.inverse))
-        for width, tile in ((0, None), (size, None), (size, (4, 8)), (size, (2, 8)), (size, (8, 4))):
-            name = 'merge + norm (fp32 -> fp16) ' + ('strips' if not width else f'tile {tile or "default"}')
-            cases.append((name, (lambda w=width, t=tile: merge_routes_norm_triton(
-                ys, routes.inverse, weight, bias, 1e-5, torch.float16, w, tile=t)), norm_ref, norm_bytes))
+        for width in (0, size):
+            name = 'merge + LayerNorm (fp32 -> fp16) ' + ('strips' if not width else 'tile default')
+            cases.append((name, (lambda w=width: layer_norm_last_dim_unchecked(
+                merge_routes_triton(ys, routes.inverse, w), weight, bias, 1e-5, torch.float16)), norm_ref, norm_bytes))
         for name, fn, ref, nbytes in cases:
             try:
                 ms, ref_ms = timer(fn), timer(ref)
@@ -262,47 +263,29 @@ def bench_routes(copy_gbs, batch=128, device='cuda', timer=None, shapes=((56, 96
 
 
 def sweep_routes(time_budget_s, batch=128, device='cuda', shapes=((56, 96), (28, 192), (14, 384), (7, 768))):
-    """Launch configurations of the merge kernels per VMamba-T stage shape (cross scan): median ms of each, sorted;
-    also merge (best) + the LayerNorm kernel as two launches, the alternative to the fused merge + norm."""
-    from vmamba.kernels.layer_norm import layer_norm_last_dim_unchecked
-    from vmamba.kernels.triton.routes import merge_routes_norm_triton, merge_routes_triton
+    """Launch configurations of the merge kernel per VMamba-T stage shape (cross scan): median ms, best first."""
+    from vmamba.kernels.triton.routes import merge_routes_triton
     from vmamba.scans import get_scan_pattern
     start = time.time()
     lines = ['| map | op | best configs (ms) |', '|---|---|---|']
     for size, channels in shapes:
         routes = get_scan_pattern('cross').routes(size, size, device)
         ys = torch.randn(batch, routes.num_routes, channels, routes.length, device=device)
-        weight, bias = torch.randn(channels, device=device), torch.randn(channels, device=device)
-        for label, r in (('merge fp32', ys), ('merge fp16', ys.half()), ('merge + norm', ys)):
+        for label, r in (('merge fp32', ys), ('merge fp16', ys.half())):
             timings = []
-            if label == 'merge + norm':
-                configs = [(t, None, w) for t in ((1, 8), (2, 4), (2, 8), (4, 4), (4, 8), (8, 8)) for w in (2, 4, 8)]
-            else:
-                configs = [(t, c, w) for t in ((4, 8), (8, 8), (8, 16), (16, 8)) for c in (16, 32) for w in (2, 4)]
+            configs = [(t, c, w) for t in ((4, 8), (8, 8), (8, 16), (16, 8)) for c in (16, 32) for w in (2, 4)]
             for tile, block_c, warps in configs:
                 if time.time() - start > time_budget_s:
                     break
-                if label == 'merge + norm':
-                    fn = (lambda t=tile, w=warps: merge_routes_norm_triton(
-                        r, routes.inverse, weight, bias, 1e-5, torch.float16, size, tile=t, num_warps=w))
-                else:
-                    fn = (lambda t=tile, c=block_c, w=warps: merge_routes_triton(
-                        r, routes.inverse, size, tile=t, block_c=c, num_warps=w))
+                fn = (lambda t=tile, c=block_c, w=warps: merge_routes_triton(
+                    r, routes.inverse, size, tile=t, block_c=c, num_warps=w))
                 try:
                     fn()
                     timings.append((do_bench(fn, warmup=10, rep=50, return_mode='median'), tile, block_c, warps))
                 except Exception as exc:  # registers / shared memory: report, keep going
                     print(f'  {size} {label} {tile} c{block_c} w{warps}: failed: {str(exc)[:120]}', flush=True)
             timings.sort(key=lambda t: t[0])
-            if label == 'merge fp32' and timings:
-                _, tile, block_c, warps = timings[0]
-                two = (lambda: layer_norm_last_dim_unchecked(merge_routes_triton(
-                    ys, routes.inverse, size, tile=tile, block_c=block_c, num_warps=warps), weight, bias, 1e-5,
-                    torch.float16))
-                two_ms = do_bench(two, warmup=10, rep=50, return_mode='median')
             best = ' · '.join(f'{t} c{c} w{w} {ms:.4f}' for ms, t, c, w in timings[:4])
-            if label == 'merge + norm':
-                best += f' · (best merge fp32, then the LayerNorm kernel: {two_ms:.4f})'
             lines.append(f'| {size}x{size}x{channels} | {label} | {best} |')
             print(lines[-1], flush=True)
     return '\n'.join(lines)

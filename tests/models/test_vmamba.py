@@ -319,8 +319,8 @@ def test_ss2d_inference_packing_cache_follows_parameter_updates():
 
 @pytest.mark.parametrize('scan,height,width,gated', [('cross', 5, 6, False), ('atrous', 5, 7, True)])
 def test_ss2d_triton_inference_path_matches_training_path(monkeypatch, scan, height, width, gated):
-    """On the Triton path (here: the interpreter), inference runs the fused merge + out_norm kernel and the packed
-    parameters; its output equals the recorded (training-path) forward, padding and crop included."""
+    """On the Triton path (here: the interpreter), inference runs the packed parameters and the route kernels on map
+    blocks; its output equals the recorded (training-path: _RoutesScan) forward, padding and crop included."""
     import importlib
     for name in ('interface', 'routes', 'layer_norm', 'conv', 'gated_sum'):
         monkeypatch.setattr(importlib.import_module(f'vmamba.kernels.{name}'), 'scan_backend', lambda d: 'triton')

@@ -3,8 +3,8 @@
 - :func:`selective_scan` (``interface.py``): the one public entry point (validation, autograd, dispatch).
 - ``reference.py``: vectorised chunked PyTorch implementation (CPU path, and the spec of the kernels).
 - :func:`gather_routes` / :func:`merge_routes` (``routes.py``): token-major maps <-> scan routes (the layout change
-  around the scan of channels-last blocks), adjoint custom ops; :func:`merge_routes_layer_norm`: the merge with
-  SS2D's out_norm, one kernel for inference.
+  around the scan of channels-last blocks), adjoint custom ops; :func:`merge_routes_layer_norm`: the merge followed
+  by SS2D's out_norm.
 - :func:`depthwise_conv_silu` (``conv.py``): Vim's packed two-direction depthwise conv + SiLU on token-major
   sequences.
 - :func:`gated_group_sum` (``gated_sum.py``): Vim's mixer epilogue, sum of the G direction outputs gated by SiLU(z).

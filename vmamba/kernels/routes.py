@@ -4,8 +4,7 @@
   tokens[b, index[k, l], c]``.
 * :func:`merge_routes`: routes ``(batch, K, C, L)`` -> tokens ``(batch, P, C)``, the sum over all visits of each
   position (``inverse`` lists them as flat ``k * L + l`` indices).
-* :func:`merge_routes_layer_norm`: the merge followed by a LayerNorm over the channels (SS2D's ``out_norm``), in one
-  kernel for CUDA calls that autograd does not record.
+* :func:`merge_routes_layer_norm`: the merge followed by a LayerNorm over the channels (SS2D's ``out_norm``).
 
 The two are adjoint (the backward of one is the other), so neither direction needs atomics. ``index`` / ``inverse``
 are the :class:`vmamba.scans.ScanRoutes` of a pattern. CUDA tensors run the Triton kernels of ``triton/routes.py``;
@@ -25,9 +24,6 @@ from .layer_norm import layer_norm_last_dim_unchecked
 from .layout import dispatch_through_custom_op, records_autograd
 
 __all__ = ['gather_routes', 'merge_routes', 'merge_routes_layer_norm', 'gather_routes_ref', 'merge_routes_ref']
-
-
-_NORM_MAX_CHANNELS = 4096  # = triton/routes.py NORM_MAX_CHANNELS (not imported: triton loads lazily)
 
 
 def _use_triton(t: Tensor) -> bool:
@@ -202,29 +198,21 @@ def merge_routes(routes: Tensor, index: Tensor, inverse: Tensor, width: int = 0)
 
 def merge_routes_layer_norm(routes: Tensor, index: Tensor, inverse: Tensor, weight: Optional[Tensor],
                             bias: Optional[Tensor], eps: float, out_dtype: torch.dtype, width: int = 0) -> Tensor:
-    """:func:`merge_routes` followed by a LayerNorm over the channels, computed in fp32 and stored in ``out_dtype``.
+    """:func:`merge_routes` followed by a LayerNorm over the channels, computed in fp32 and stored in ``out_dtype``
+    (SS2D's ``out_norm``).
 
     Args:
         routes, index, inverse, width: as for :func:`merge_routes`.
         weight, bias: (C,) or None; eps: the LayerNorm's eps.
     Returns:
-        (batch, P, C) contiguous in ``out_dtype``: ``layer_norm_last_dim(merge_routes(routes, index, inverse),
-        weight, bias, eps, out_dtype)``. CUDA calls that autograd does not record (inference) run one fused
-        kernel that never stores the merged map (same fp32 math; the sums over channels may differ in the last
-        bits by reduction order); everything else runs the two ops (autograd, torch.compile, other devices).
+        (batch, P, C) contiguous in ``out_dtype``: ``layer_norm_last_dim(merge_routes(routes, index, inverse, width),
+        weight, bias, eps, out_dtype)``, two differentiable ops. (A kernel that merged and normalised in one pass,
+        holding whole channel rows, was slower than the two kernels once the merge reads map blocks:
+        ``benchmarks/results/v10``.)
     """
     channels = routes.shape[2] if routes.ndim == 4 else -1
     for name, t in (('weight', weight), ('bias', bias)):
         if t is not None and (t.shape != (channels,) or t.device != routes.device):
             raise ValueError(f'merge_routes_layer_norm: {name} must be ({channels},) on {routes.device} like the '
                              f'routes, got {tuple(t.shape)} on {t.device}')
-    if (not _use_triton(routes) or channels > _NORM_MAX_CHANNELS or dispatch_through_custom_op(routes)
-            or records_autograd(routes, weight, bias)):
-        return layer_norm_last_dim_unchecked(merge_routes(routes, index, inverse, width), weight, bias, eps, out_dtype)
-    if routes.shape[1] != index.shape[0] or routes.shape[3] != index.shape[1]:
-        raise ValueError(f'merge_routes_layer_norm expects routes of shape (batch, {index.shape[0]}, C, '
-                         f'{index.shape[1]}), got {tuple(routes.shape)}')
-    _check_maps(index, inverse, routes.device, inverse.shape[1], width)
-    from .triton.routes import merge_routes_norm_triton
-    return merge_routes_norm_triton(routes.contiguous(), inverse, None if weight is None else weight.contiguous(),
-                                    None if bias is None else bias.contiguous(), eps, out_dtype, width)
+    return layer_norm_last_dim_unchecked(merge_routes(routes, index, inverse, width), weight, bias, eps, out_dtype)

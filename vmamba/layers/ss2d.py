@@ -277,8 +277,8 @@ class SS2D(nn.Module):
 
     def _scan_norm_channels_last(self, u: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
         """Selective scan over the routes of ``u`` (B, H, W, D), merged and ``out_norm``-ed -> (B, H, W, D) in
-        ``out_dtype`` (the norm computes in fp32, fp64 for fp64). Without autograd on CUDA the merge and the norm run
-        as one kernel (:func:`~vmamba.kernels.routes.merge_routes_layer_norm`)."""
+        ``out_dtype`` (the norm computes in fp32, fp64 for fp64; :func:`~vmamba.kernels.routes.
+        merge_routes_layer_norm`). The padded map's width goes to the route kernels (the merge reads map blocks)."""
         batch, height, width, channels = u.shape
         routes = self.scan_pattern.routes(height, width, u.device)
         padded_h, padded_w = routes.padded_hw

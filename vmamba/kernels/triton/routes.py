@@ -11,25 +11,20 @@ route index maps of :class:`vmamba.scans.ScanRoutes`:
   Given the map's width, a program takes a ``TILE_H x TILE_W`` block of the map: every route that walks rows or
   columns then reads runs of ``TILE_W`` or ``TILE_H`` consecutive steps (whole 32-byte sectors), where a strip of
   consecutive positions of one row would give a column-major route one sector per element.
-* ``merge + LayerNorm``: the merge of whole channel rows, normalised over the channels before the store (SS2D's
-  ``out_norm``, fused for calls without autograd: the merged fp32 map is neither written nor read back).
 
 Plain PyTorch twins of both live in ``vmamba/kernels/routes.py`` (the CPU path and the tests' reference).
 """
 from __future__ import annotations
 
-import math
 from typing import Optional, Tuple
 
 import torch
 import triton
 import triton.language as tl
 
-from .host import cdiv, interpreting, next_power_of_2
+from .host import cdiv, next_power_of_2
 
-__all__ = ['gather_routes_triton', 'merge_routes_triton', 'merge_routes_norm_triton', 'NORM_MAX_CHANNELS']
-
-NORM_MAX_CHANNELS = 4096  # the fused merge + LayerNorm holds whole (BLOCK_C = next_pow2(C)) channel rows
+__all__ = ['gather_routes_triton', 'merge_routes_triton']
 
 
 @triton.jit
@@ -102,37 +97,6 @@ def _merge_routes_kernel(
     tl.store(out_ptr + out_offs, acc.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit
-def _merge_routes_norm_kernel(
-        routes_ptr, inverse_ptr, w_ptr, b_ptr, out_ptr,
-        num_positions, channels, num_routes, length, num_visits, height, width, tiles_w, inv_channels, eps,
-        HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, TILE_H: tl.constexpr, TILE_W: tl.constexpr,
-        BLOCK_C: tl.constexpr,
-):
-    """The merge of :func:`_merge_routes_kernel` with all channels of BLOCK_P positions in one (BLOCK_C, BLOCK_P)
-    tile, followed by the LayerNorm of each position over its channels (same math as the LayerNorm kernel: fp32,
-    biased variance, ``1 / sqrt(var + eps)``); the merged map is never stored."""
-    BLOCK_P: tl.constexpr = TILE_H * TILE_W
-    pid_p = tl.program_id(0)
-    batch = tl.program_id(1).to(tl.int64)
-    offs_p, mask_p = _tile_positions(pid_p, height, width, tiles_w, TILE_H, TILE_W)
-    offs_c = tl.arange(0, BLOCK_C)
-    mask_c = offs_c < channels
-    mask = mask_c[:, None] & mask_p[None, :]
-    acc = _sum_visits(routes_ptr, inverse_ptr, batch, offs_p, offs_c, mask_p, mask,
-                      num_positions, channels, num_routes, length, num_visits, BLOCK_P, BLOCK_C)
-    mean = tl.sum(acc, axis=0) * inv_channels
-    centred = tl.where(mask, acc - mean[None, :], 0.0)
-    var = tl.sum(centred * centred, axis=0) * inv_channels
-    y = centred * (1.0 / tl.sqrt(var + eps))[None, :]
-    if HAS_WEIGHT:
-        y = y * tl.load(w_ptr + offs_c, mask=mask_c, other=0.0).to(tl.float32)[:, None]
-    if HAS_BIAS:
-        y = y + tl.load(b_ptr + offs_c, mask=mask_c, other=0.0).to(tl.float32)[:, None]
-    out_offs = (batch * num_positions + offs_p[None, :]) * channels + offs_c[:, None]
-    tl.store(out_ptr + out_offs, y.to(out_ptr.dtype.element_ty), mask=mask)
-
-
 def _block_c(channels: int) -> int:
     return min(64, max(16, next_power_of_2(channels)))
 
@@ -152,16 +116,14 @@ def gather_routes_triton(tokens: torch.Tensor, index: torch.Tensor) -> torch.Ten
     return out
 
 
-def _map_tiles(num_positions: int, width: int, block_p: int, tile: Optional[Tuple[int, int]] = None):
-    """(height, width, (TILE_H, TILE_W), programs per map) for ``block_p``-position tiles: square-ish blocks of a
-    map of known ``width`` (> 0), else strips of ``block_p`` consecutive positions (a 1 x P map)."""
+def _map_tiles(num_positions: int, width: int, tile: Optional[Tuple[int, int]]):
+    """(height, width, (TILE_H, TILE_W), tiles per map row, tiles per map): 8 x 8 blocks of a map of known ``width``
+    (> 0; a 32-byte sector holds 8 fp32), else strips of 64 consecutive positions (a 1 x P map)."""
     if width <= 0:
-        width, tile = num_positions, (1, block_p)
+        width, tile = num_positions, tile or (1, 64)
     elif num_positions % width:
         raise ValueError(f'width {width} does not divide the {num_positions} positions of the map')
-    if tile is None:  # 8 x 8 for 64 positions (a 32-byte sector is 8 fp32), 4 x 8 for 32, 4 x 4 for 16, ...
-        tile_w = min(8, next_power_of_2(math.ceil(math.sqrt(block_p))))
-        tile = (block_p // tile_w, tile_w)
+    tile = tile or (8, 8)
     height = num_positions // width
     tiles_w = cdiv(width, tile[1])
     return height, width, tile, tiles_w, cdiv(height, tile[0]) * tiles_w
@@ -171,45 +133,21 @@ def merge_routes_triton(routes: torch.Tensor, inverse: torch.Tensor, width: int 
                         tile: Optional[Tuple[int, int]] = None, block_c: Optional[int] = None,
                         num_warps: int = 4) -> torch.Tensor:
     """(batch, K, C, L) contiguous, (M, P) int flat visits -> (batch, P, C) contiguous, in the routes' dtype.
-    ``width``: the map's width (P = height * width; 0 = unknown: strips of consecutive positions). ``tile`` (TILE_H,
-    TILE_W) / ``block_c`` / ``num_warps``: launch configuration (benchmarks; default 8 x 8 positions x up to 64
-    channels)."""
+
+    ``width``: the map's width (P = height * width; 0 = unknown: strips of 64 consecutive positions x up to 64
+    channels, the layout before map blocks). With a width the default tile is 8 x 8 positions x 16 channels, the
+    fastest or within 8% of it at all four VMamba-T stage shapes in fp32 and fp16 (``bench_scan.py
+    --routes-sweep``, ``benchmarks/results/v10``). ``tile`` (TILE_H, TILE_W; powers of two) / ``block_c`` /
+    ``num_warps``: other launch configurations (benchmarks)."""
     batch, num_routes, channels, length = routes.shape
     num_visits, num_positions = inverse.shape
     out = routes.new_empty((batch, num_positions, channels))
     if out.numel() == 0:
         return out
-    block_c = block_c or _block_c(channels)
-    height, width, tile, tiles_w, programs = _map_tiles(num_positions, width, 64, tile)
+    block_c = block_c or (_block_c(channels) if width <= 0 else 16)
+    height, width, tile, tiles_w, programs = _map_tiles(num_positions, width, tile)
     grid = (programs, cdiv(channels, block_c), batch)
     _merge_routes_kernel[grid](
         routes, inverse, out, num_positions, channels, num_routes, length, num_visits, height, width, tiles_w,
         TILE_H=tile[0], TILE_W=tile[1], BLOCK_C=block_c, num_warps=num_warps)
-    return out
-
-
-def merge_routes_norm_triton(routes: torch.Tensor, inverse: torch.Tensor, weight: Optional[torch.Tensor],
-                             bias: Optional[torch.Tensor], eps: float, out_dtype: torch.dtype, width: int = 0, *,
-                             tile: Optional[Tuple[int, int]] = None, num_warps: Optional[int] = None) -> torch.Tensor:
-    """LayerNorm over the channels of the merged map, fused: (batch, K, C, L) contiguous routes, (M, P) int flat
-    visits, weight / bias (C,) contiguous or None -> (batch, P, C) contiguous in ``out_dtype`` (C <=
-    ``NORM_MAX_CHANNELS``). ``width`` / ``tile`` / ``num_warps``: as for :func:`merge_routes_triton` (whole channel
-    rows, up to 64 positions per tile)."""
-    batch, num_routes, channels, length = routes.shape
-    num_visits, num_positions = inverse.shape
-    if channels > NORM_MAX_CHANNELS:
-        raise ValueError(f'the fused merge + LayerNorm handles C <= {NORM_MAX_CHANNELS}, got C = {channels}')
-    out = routes.new_empty((batch, num_positions, channels), dtype=out_dtype)
-    if out.numel() == 0:
-        return out
-    block_c = max(16, next_power_of_2(channels))
-    block_p = 8 if interpreting() else max(1, min(64, 16384 // block_c))
-    height, width, tile, tiles_w, programs = _map_tiles(num_positions, width, block_p, tile)
-    elements = block_c * tile[0] * tile[1]
-    grid = (programs, batch)
-    _merge_routes_norm_kernel[grid](
-        routes, inverse, out if weight is None else weight, out if bias is None else bias, out,
-        num_positions, channels, num_routes, length, num_visits, height, width, tiles_w, 1.0 / channels, float(eps),
-        HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, TILE_H=tile[0], TILE_W=tile[1], BLOCK_C=block_c,
-        num_warps=num_warps or (4 if elements <= 4096 else 8 if elements <= 8192 else 16))
     return out
