@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 from timm.layers import get_act_layer, register_notrace_module, trunc_normal_
 
-from vmamba.kernels import gather_routes, merge_routes_layer_norm, selective_scan
+from vmamba.kernels import gather_routes, merge_routes, merge_routes_layer_norm, selective_scan
 from vmamba.kernels.interface import selective_scan_input_grads, selective_scan_no_autograd
 from vmamba.kernels.layout import dispatch_through_custom_op
 from vmamba.scans import ScanPattern, ScanRoutes, get_scan_pattern
@@ -72,8 +72,9 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
-def _projections(xs, x_proj_weight, dt_proj_weight):
-    """Routes xs (B, K, D, L) -> delta (B, K, D, L), B and C (B, K, N, L) contiguous.
+def _projections(xs, x_proj_weight, dt_proj_weight, with_dt_low=False):
+    """Routes xs (B, K, D, L) -> delta (B, K, D, L), B and C (B, K, N, L) contiguous (and the low-rank dt
+    (B, K, R, L) if ``with_dt_low``).
 
     Batched matmuls over (batch, route) that read xs and write x_dbl / delta in place: (B, K, *, L) layouts, no
     permuted copies (einsum would copy xs to (K, B, L, D) and return a permuted delta)."""
@@ -81,7 +82,7 @@ def _projections(xs, x_proj_weight, dt_proj_weight):
     rank, states = dt_proj_weight.shape[-1], (x_dbl.shape[2] - dt_proj_weight.shape[-1]) // 2
     dt_low, B, C = torch.split(x_dbl, [rank, states, states], dim=2)
     delta = torch.matmul(dt_proj_weight, dt_low)  # (K, D, R) @ (B, K, R, L) -> (B, K, D, L)
-    return delta, B.contiguous(), C.contiguous()
+    return (delta, B.contiguous(), C.contiguous()) + ((dt_low,) if with_dt_low else ())
 
 
 def _route_projections(tokens, x_proj_weight, dt_proj_weight, index, inverse, width):
@@ -116,17 +117,29 @@ class _RoutesScan(torch.autograd.Function):
     def backward(ctx, grad_ys):
         tokens, x_proj_weight, dt_proj_weight, A, D, delta_bias, index, inverse = ctx.saved_tensors
         width, reverse, local_window = ctx.scan_options
-        leaves = [t.detach().requires_grad_(t.requires_grad) for t in (tokens, x_proj_weight, dt_proj_weight)]
-        with torch.enable_grad(), torch.autocast(tokens.device.type, enabled=False):
-            xs, delta, B, C = _route_projections(*leaves, index, inverse, width)
-        du, ddelta, dA, dB, dC, dD, _, ddelta_bias = selective_scan_input_grads(
-            grad_ys.flatten(1, 2), xs.flatten(1, 2).detach(), delta.flatten(1, 2).detach(), A, B.detach(),
-            C.detach(), D, None, delta_bias, True, reverse, local_window)
-        pairs = [(t, g) for t, g in ((xs, du.view_as(xs)), (delta, ddelta.view_as(delta)), (B, dB), (C, dC))
-                 if t.requires_grad]  # e.g. frozen projections: only some recomputed tensors need gradients
-        if pairs:
-            torch.autograd.backward([t for t, _ in pairs], [g for _, g in pairs])
-        return (leaves[0].grad, leaves[1].grad, leaves[2].grad, dA, dD, ddelta_bias, None, None, None, None, None)
+        need_tokens, need_x_proj, need_dt_proj = ctx.needs_input_grad[:3]
+        with torch.no_grad(), torch.autocast(tokens.device.type, enabled=False):
+            xs = gather_routes(tokens, index, inverse, width)
+            delta, B, C, dt_low = _projections(xs, x_proj_weight, dt_proj_weight, with_dt_low=True)
+            du, ddelta, dA, dB, dC, dD, _, ddelta_bias = selective_scan_input_grads(
+                grad_ys.flatten(1, 2), xs.flatten(1, 2), delta.flatten(1, 2), A, B, C, D, None, delta_bias, True,
+                reverse, local_window)
+            # The two projections' gradients by hand (the same matmuls autograd would run, without a nested
+            # autograd.backward: ~12% of a VMamba-T train step's host time). Weights broadcast over the batch, so
+            # their gradients sum over it.
+            ddelta = ddelta.view_as(delta)  # (B, K, D, L)
+            grad_x_proj = grad_dt_proj = grad_tokens = None
+            if need_dt_proj:
+                grad_dt_proj = torch.matmul(ddelta, dt_low.transpose(-1, -2)).sum(0)  # (K, D, R)
+            if need_x_proj or need_tokens:
+                d_dt_low = torch.matmul(dt_proj_weight.transpose(-1, -2), ddelta)  # (B, K, R, L)
+                d_x_dbl = torch.cat([d_dt_low, dB, dC], dim=2)  # (B, K, R + 2N, L)
+                if need_x_proj:
+                    grad_x_proj = torch.matmul(d_x_dbl, xs.transpose(-1, -2)).sum(0)  # (K, R + 2N, D)
+                if need_tokens:
+                    dxs = torch.matmul(x_proj_weight.transpose(-1, -2), d_x_dbl).add_(du.view_as(xs))
+                    grad_tokens = merge_routes(dxs, index, inverse, width)  # the gather's adjoint
+        return (grad_tokens, grad_x_proj, grad_dt_proj, dA, dD, ddelta_bias, None, None, None, None, None)
 
 
 @register_notrace_module  # shape-dependent scan routes: a leaf module for torch.fx tracing
