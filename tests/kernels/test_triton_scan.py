@@ -185,6 +185,24 @@ def test_token_major_inputs(num_states, local_window, z):
              config=ScanConfig(block_d=4, block_l=4, num_warps=1) if num_states > 1 and not local_window else None)
 
 
+def test_long_sequences_run_the_chunked_forward(monkeypatch):
+    """N > 1 forwards longer than STEP_FORWARD_MAX_LENGTH run the chunked kernel, their backward the step kernels
+    (both paths checked against the reference, token-major inputs included)."""
+    from vmamba.kernels.triton import selective_scan as triton_scan
+    monkeypatch.setattr(triton_scan, 'STEP_FORWARD_MAX_LENGTH', 16)
+    calls = []
+    for name in ('_launch_fwd', '_launch_fwd_step'):
+        launcher = getattr(triton_scan, name)
+        monkeypatch.setattr(triton_scan, name, lambda *a, _n=name, _f=launcher, **k: calls.append(
+            (_n, a[-3] is not None if _n == '_launch_fwd' else a[-2] is not None)) or _f(*a, **k))
+    run_case(1, 4, 29, 4, 2, reverse=(False, True), z=True)
+    assert ('_launch_fwd', True) in calls and ('_launch_fwd_step', False) in calls  # chunked forward, step pre-pass
+    assert ('_launch_fwd_step', True) not in calls
+    calls.clear()
+    run_case(1, 4, 13, 4, 2, reverse=(False, True), token_major=True)  # short: the step forward
+    assert ('_launch_fwd_step', True) in calls and not any(n == '_launch_fwd' for n, _ in calls)
+
+
 def test_token_major_bc_partials():
     """dB/dC summed from per-program partial buffers laid out like token-major B / C: same numbers, same layout."""
     run_case(2, 12, 19, 16, 2, reverse=(False, True), z=False, token_major=True,
