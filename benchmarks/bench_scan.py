@@ -80,8 +80,8 @@ CASES = {
 EXTRA_ROWS = {'vmamba_t_stage1_forward_only': dict(CASES['vmamba_t_stage1'], reverse=(False,) * 4)}
 OFFICIAL_FWD_MS['vmamba_t_stage1_forward_only'] = OFFICIAL_FWD_MS['vmamba_t_stage1']
 
-SWEEP = {  # (block_d, block_l, num_warps, channel_blocks[, bc_partials]); Vim (N=16) runs the step kernels: block_d
-    # channels, block_l positions per unrolled block; bc_partials: dB/dC per-program partial buffers, not atomics
+SWEEP = {  # (block_d, block_l, num_warps, channel_blocks); Vim (N=16) runs the step kernels: block_d channels,
+    # block_l positions per unrolled block
     ('vmamba_t_stage1', 'fwd'): [(1, 512, 2, 1), (1, 1024, 2, 1), (1, 256, 1, 1), (1, 512, 1, 1), (2, 512, 2, 1),
                                  (1, 1024, 4, 1)],
     ('vim_s', 'fwd'): [(16, 8, 1, 1), (16, 4, 1, 1), (16, 16, 1, 1), (8, 8, 1, 1), (32, 4, 1, 1), (32, 8, 1, 1)],
@@ -89,9 +89,8 @@ SWEEP = {  # (block_d, block_l, num_warps, channel_blocks[, bc_partials]); Vim (
     ('vim_s', 'bwd'): [(16, 4, 1, 1), (16, 8, 1, 1), (8, 8, 1, 1), (8, 4, 1, 1), (8, 16, 1, 1), (32, 4, 1, 1)],
     ('vim_s_mixer_token_major', 'fwd'): [(32, 4, 1, 1), (32, 8, 1, 1), (64, 4, 2, 1), (64, 8, 2, 1), (128, 4, 4, 1),
                                          (32, 16, 1, 1)],
-    ('vim_s_mixer_token_major', 'bwd'): [(32, 4, 1, 1), (32, 4, 1, 1, True), (32, 2, 1, 1), (32, 2, 1, 1, True),
-                                         (64, 4, 2, 1), (64, 4, 2, 1, True), (16, 4, 1, 1, True), (64, 2, 2, 1, True),
-                                         (32, 8, 1, 1, True), (128, 4, 4, 1, True), (128, 2, 4, 1, True)],
+    ('vim_s_mixer_token_major', 'bwd'): [(32, 4, 1, 1), (32, 2, 1, 1), (64, 4, 2, 1), (64, 2, 2, 1), (32, 8, 1, 1),
+                                         (128, 4, 4, 1)],
 }
 
 
@@ -305,11 +304,11 @@ def sweep(time_budget_s, cases=None):
         out, _ = selective_scan_fwd(*args, True, case['reverse'], 0, case['out_dtype'])
         grad_out = torch.randn_like(out)
         timings = []
-        for block_d, block_l, warps, channel_blocks, *partials in candidates:
+        for block_d, block_l, warps, channel_blocks in candidates:
             if time.time() - start > time_budget_s:
                 print(f'  sweep budget of {time_budget_s}s used up; skipping the rest of {name}/{kind}', flush=True)
                 break
-            cfg = ScanConfig(block_d, block_l, warps, channel_blocks, bc_partials=bool(partials and partials[0]))
+            cfg = ScanConfig(block_d, block_l, warps, channel_blocks)
             try:
                 rev = case['reverse']
                 if kind == 'fwd':
@@ -322,8 +321,8 @@ def sweep(time_budget_s, cases=None):
                 print(f'  {name}/{kind} {cfg}: failed: {type(exc).__name__}: {str(exc)[:200]}', flush=True)
                 continue
             timings.append((ms, cfg))
-            print(f'  {name}/{kind} d={block_d:3d} l={block_l:5d} w={warps} cb={channel_blocks} '
-                  f'partials={cfg.bc_partials:d}: {ms:.4f} ms', flush=True)
+            print(f'  {name}/{kind} d={block_d:3d} l={block_l:5d} w={warps} cb={channel_blocks}: {ms:.4f} ms',
+                  flush=True)
         if timings:
             timings.sort(key=lambda t: t[0])
             default_kind = kind + '_step' if case['num_states'] > 1 else kind

@@ -97,7 +97,7 @@ def narrow_kwargs(name, image_size):
         return dict(img_size=image_size, embed_dim=32)
     if 'deit' in name:
         return dict(img_size=image_size, embed_dim=36)  # 6 heads
-    if 'convnext' in name:
+    if 'convnext' in name or 'mambaout' in name:
         return dict(dims=(16, 32, 64, 128))
     return dict(dims=16)
 

@@ -161,9 +161,6 @@ def test_without_grad_last_state():
     pytest.param(ScanConfig(block_d=2, block_l=4, num_warps=1), True, id='2ch-4steps-atomic-dBdC'),
     pytest.param(ScanConfig(block_d=8, block_l=8, num_warps=1), False, id='1program-per-group-8steps'),
     pytest.param(ScanConfig(block_d=4, block_l=1, num_warps=1), True, id='1step-per-block'),
-    pytest.param(ScanConfig(block_d=2, block_l=4, num_warps=1, bc_partials=True), True, id='2ch-4steps-partial-dBdC'),
-    pytest.param(ScanConfig(block_d=8, block_l=4, num_warps=1, bc_partials=True), False,
-                 id='partials-requested-1program-per-group'),
 ])
 def test_step_kernels_vim_like(config, grad_last_state):
     """Vim's call (N=16, both directions as two groups, no z) at an odd length that no block size divides: the
@@ -201,12 +198,6 @@ def test_long_sequences_run_the_chunked_forward(monkeypatch):
     calls.clear()
     run_case(1, 4, 13, 4, 2, reverse=(False, True), token_major=True)  # short: the step forward
     assert ('_launch_fwd_step', True) in calls and not any(n == '_launch_fwd' for n, _ in calls)
-
-
-def test_token_major_bc_partials():
-    """dB/dC summed from per-program partial buffers laid out like token-major B / C: same numbers, same layout."""
-    run_case(2, 12, 19, 16, 2, reverse=(False, True), z=False, token_major=True,
-             config=ScanConfig(block_d=2, block_l=4, num_warps=1, bc_partials=True))
 
 
 @pytest.mark.parametrize('config, local_window', [

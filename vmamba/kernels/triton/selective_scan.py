@@ -523,7 +523,6 @@ def _selective_scan_bwd_step_kernel(
         su_b, su_c, su_l, sdt_b, sdt_c, sdt_l, sz_b, sz_c, sz_l, sg_b, sg_c, sg_l,
         sdu_b, sdu_c, sdu_l, sddt_b, sddt_c, sddt_l, sdz_b, sdz_c, sdz_l,
         sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l, sdB_b, sdB_g, sdB_n, sdB_l, sdC_b, sdC_g, sdC_n, sdC_l,
-        sdB_p, sdC_p,
         HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DELTA_BIAS: tl.constexpr, DELTA_SOFTPLUS: tl.constexpr,
         REVERSE: tl.constexpr, HAS_GRAD_LAST_STATE: tl.constexpr, ATOMIC_BC: tl.constexpr,
         BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, STEPS: tl.constexpr,
@@ -533,10 +532,8 @@ def _selective_scan_bwd_step_kernel(
     Blocks of STEPS scanned positions are visited last to first. For each block the kernel loads the state at the
     block start (stored by the step forward's pre-pass), recomputes the block's STEPS states in registers, then
     steps back through them with the adjoint ``adj_t = C_t dy_t + a_{t+1} adj_{t+1}``. dB/dC of each position are
-    summed over the program's channels and added across programs (atomics when ATOMIC_BC), or stored to the
-    program's own slice of a partial-sum buffer (``sdB_p`` / ``sdC_p``: the stride between programs' slices; 0
-    when one program covers the group). Sequence tensors are addressed through their strides, as in the step
-    forward."""
+    summed over the program's channels and added across programs (atomics when ATOMIC_BC). Sequence tensors are
+    addressed through their strides, as in the step forward."""
     pid_d = tl.program_id(0)
     group = tl.program_id(1).to(tl.int64) + group_offset
     batch = tl.program_id(2).to(tl.int64)
@@ -566,8 +563,8 @@ def _selective_scan_bwd_step_kernel(
     dz_row = batch * sdz_b + chan * sdz_c
     B_row = batch * sB_b + group * sB_g + offs_n * sB_n  # (BLOCK_N,)
     C_row = batch * sC_b + group * sC_g + offs_n * sC_n
-    dB_row = pid_d * sdB_p + batch * sdB_b + group * sdB_g + offs_n * sdB_n
-    dC_row = pid_d * sdC_p + batch * sdC_b + group * sdC_g + offs_n * sdC_n
+    dB_row = batch * sdB_b + group * sdB_g + offs_n * sdB_n
+    dC_row = batch * sdC_b + group * sdC_g + offs_n * sdC_n
 
     # adj_carry = a_{t+1} * dL/dh_{t+1}: the adjoint flowing into step t from the later step (in scan order).
     if HAS_GRAD_LAST_STATE:
@@ -679,14 +676,11 @@ class ScanConfig:
     one after another by one program, which divides the number of programs that add into the shared dB/dC.
 
     Step kernels ('fwd_step', 'bwd_step', used for N > 1 without LB window): ``block_d`` channels x next_pow2(N)
-    states per program, walking ``block_l`` positions per unrolled block (the backward stores one state per block).
-    ``bc_partials`` ('bwd_step' only): each program stores its dB/dC sums over its channels to its own slice of an
-    fp32 buffer (programs, batch, G, N, L), summed afterwards, instead of adding them with atomics."""
+    states per program, walking ``block_l`` positions per unrolled block (the backward stores one state per block)."""
     block_d: int
     block_l: int
     num_warps: int = 4
     channel_blocks: int = 1
-    bc_partials: bool = False
 
 
 def default_config(kind: str, num_states: int, length: int, channels_per_group: int) -> ScanConfig:
@@ -871,18 +865,9 @@ def _selective_scan_bwd_step(grad_out, grad_last_state, u, delta, A, B, C, D, z,
                      chunk_states)
 
     programs_per_group = cdiv(per_group, config.block_d)
-    bc_partials = config.bc_partials and programs_per_group > 1
-    atomic_bc = programs_per_group > 1 and not bc_partials
+    atomic_bc = programs_per_group > 1
     du, ddelta, dz, dB, dC, dA_partial, dD_partial, dbias_partial = _grad_buffers(u, delta, B, C, D, z, delta_bias,
                                                                                   atomic_bc)
-    if bc_partials:
-        # One (batch, G, N, L) slice per program, in B / C's memory order: summed over programs below (fp32).
-        dB_sum, dC_sum = empty_states_like(B, torch.float32), empty_states_like(C, torch.float32)
-        dB, dC = (torch.empty_strided((programs_per_group,) + tuple(t.shape), (t.numel(),) + t.stride(),
-                                      device=device, dtype=torch.float32) for t in (dB_sum, dC_sum))
-        bc_grads, bc_program_strides = (dB[0], dC[0]), (dB.stride(0), dC.stride(0))
-    else:
-        bc_grads, bc_program_strides = (dB, dC), (0, 0)
     dummy = u
     for first_group, count, is_reversed in _direction_runs(reverse):
         grid = (programs_per_group, count, batch)
@@ -895,15 +880,13 @@ def _selective_scan_bwd_step(grad_out, grad_last_state, u, delta, A, B, C, D, z,
             length, channels, per_group, num_groups, num_states, num_chunks, first_group,
             *_strides(u), *_strides(delta), *_strides(z), *_strides(grad_out),
             *_strides(du), *_strides(ddelta), *_strides(dz),
-            *_strides(B), *_strides(C), *_strides(bc_grads[0]), *_strides(bc_grads[1]), *bc_program_strides,
+            *_strides(B), *_strides(C), *_strides(dB), *_strides(dC),
             HAS_D=D is not None, HAS_Z=z is not None, HAS_DELTA_BIAS=delta_bias is not None,
             DELTA_SOFTPLUS=bool(delta_softplus), REVERSE=bool(is_reversed),
             HAS_GRAD_LAST_STATE=grad_last_state is not None, ATOMIC_BC=atomic_bc,
             BLOCK_D=config.block_d, BLOCK_N=next_power_of_2(num_states), STEPS=config.block_l,
             num_warps=config.num_warps,
         )
-    if bc_partials:
-        dB, dC = torch.sum(dB, 0, out=dB_sum), torch.sum(dC, 0, out=dC_sum)
     return _finish_grads(du, ddelta, dz, dB, dC, dA_partial, dD_partial, dbias_partial, B.dtype)
 
 
