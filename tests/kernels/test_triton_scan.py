@@ -183,8 +183,9 @@ def test_token_major_inputs(num_states, local_window, z):
 
 
 def test_long_sequences_run_the_chunked_forward(monkeypatch):
-    """N > 1 forwards longer than STEP_FORWARD_MAX_LENGTH run the chunked kernel, their backward the step kernels
-    (both paths checked against the reference, token-major inputs included)."""
+    """N > 1 forwards longer than STEP_FORWARD_MAX_LENGTH with contiguous 8-aligned rows run the chunked kernel, their
+    backward the step kernels; unaligned lengths and token-major views keep the step forward (all checked against
+    the reference)."""
     from vmamba.kernels.triton import selective_scan as triton_scan
     monkeypatch.setattr(triton_scan, 'STEP_FORWARD_MAX_LENGTH', 16)
     calls = []
@@ -192,12 +193,13 @@ def test_long_sequences_run_the_chunked_forward(monkeypatch):
         launcher = getattr(triton_scan, name)
         monkeypatch.setattr(triton_scan, name, lambda *a, _n=name, _f=launcher, **k: calls.append(
             (_n, a[-3] is not None if _n == '_launch_fwd' else a[-2] is not None)) or _f(*a, **k))
-    run_case(1, 4, 29, 4, 2, reverse=(False, True), z=True)
+    run_case(1, 4, 32, 4, 2, reverse=(False, True), z=True)
     assert ('_launch_fwd', True) in calls and ('_launch_fwd_step', False) in calls  # chunked forward, step pre-pass
     assert ('_launch_fwd_step', True) not in calls
-    calls.clear()
-    run_case(1, 4, 13, 4, 2, reverse=(False, True), token_major=True)  # short: the step forward
-    assert ('_launch_fwd_step', True) in calls and not any(n == '_launch_fwd' for n, _ in calls)
+    for length, token_major in ((13, False), (29, False), (32, True)):  # short, unaligned, token-major: step forward
+        calls.clear()
+        run_case(1, 4, length, 4, 2, reverse=(False, True), token_major=token_major)
+        assert ('_launch_fwd_step', True) in calls and not any(n == '_launch_fwd' for n, _ in calls), length
 
 
 @pytest.mark.parametrize('config, local_window', [

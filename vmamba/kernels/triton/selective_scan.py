@@ -772,17 +772,21 @@ def _launch_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, lo
         )
 
 
-# Longest sequence whose N > 1 forward runs the step kernel; longer ones run the chunked kernel. H100, fp16, batch
-# 128 (benchmarks/scan_path_gpu.py, benchmarks/results/v10): at L 196-197 (Vim-S, EfficientVMamba-S stage 2) the
-# step forward is 2x faster, at L 784 (EfficientVMamba stage 1, few channels per route) the chunked forward is
-# 1.5-1.9x faster. The backward keeps the step kernels at every length (2x faster at both).
+# Longest sequence whose N > 1 forward always runs the step kernel. H100, fp16, batch 128 (benchmarks/
+# scan_path_gpu.py, benchmarks/results/v10): at L 196-197 (Vim-S, EfficientVMamba-S stage 2) the step forward is 2x
+# faster, at L 784 (EfficientVMamba stage 1: channel-major rows, L % 16 == 0) the chunked forward is 1.5-1.9x
+# faster. The backward keeps the step kernels at every length (2x faster at both).
 STEP_FORWARD_MAX_LENGTH = 512
 
 
-def _uses_step_kernels(num_states: int, local_window: int, length: int = 0, forward: bool = False) -> bool:
-    """N > 1 without LB window runs the step-by-step kernels (sequential over L, parallel over channels x states),
-    except forwards longer than ``STEP_FORWARD_MAX_LENGTH``, which run the chunked scan kernel."""
-    return num_states > 1 and not local_window and not (forward and length > STEP_FORWARD_MAX_LENGTH)
+def _uses_step_kernels(num_states: int, local_window: int, length: int = 0, forward: bool = False,
+                       rows_contiguous: bool = False) -> bool:
+    """N > 1 without LB window runs the step-by-step kernels (sequential over L, parallel over channels x states).
+    Forwards longer than ``STEP_FORWARD_MAX_LENGTH`` run the chunked scan kernel instead when their rows are
+    contiguous and 8-aligned (``length % 8 == 0``): the case measured faster. Unaligned rows lose the chunked
+    kernel's vectorised loads, and token-major views (Vim) would be copied for it."""
+    chunked_forward = forward and length > STEP_FORWARD_MAX_LENGTH and length % 8 == 0 and rows_contiguous
+    return num_states > 1 and not local_window and not chunked_forward
 
 
 def _launch_fwd_step(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, config, out, last_state,
@@ -920,9 +924,9 @@ def selective_scan_fwd(
         reverse: G bools; group g (channels [g*ch/G, (g+1)*ch/G)) scans from the end, output in input order.
         local_window: 0 (off) or the LBMamba window W >= 1 (windows [kW, (k+1)W) in scan order).
         out_dtype: dtype of ``out``.
-        config: tile sizes (default: :func:`default_config`; for N > 1 without LB window and L <=
-            ``STEP_FORWARD_MAX_LENGTH`` the step-by-step kernel runs and ``config`` is its 'fwd_step' config:
-            ``block_d`` channels, ``block_l`` unrolled steps).
+        config: tile sizes (default: :func:`default_config`; for N > 1 without LB window the step-by-step kernel
+            runs, except for long aligned contiguous rows (:func:`_uses_step_kernels`), and ``config`` is its
+            'fwd_step' config: ``block_d`` channels, ``block_l`` unrolled steps).
     Returns:
         out (batch, channels, L) in ``out_dtype`` and in u's memory order (:mod:`vmamba.kernels.layout`), last_state (batch, channels, N) fp32 (the forward state after
         the last scanned step).
@@ -934,7 +938,8 @@ def selective_scan_fwd(
     num_states = A.shape[1]
     out = empty_sequence_like(u, out_dtype)
     last_state = torch.empty((batch, channels, num_states), device=u.device, dtype=torch.float32)
-    if _uses_step_kernels(num_states, local_window, length, forward=True):
+    rows_contiguous = all(t is None or t.is_contiguous() for t in (u, delta, B, C, z))
+    if _uses_step_kernels(num_states, local_window, length, forward=True, rows_contiguous=rows_contiguous):
         if config is None:
             config = default_config('fwd_step', num_states, length, channels // B.shape[1])
         _launch_fwd_step(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, config, out, last_state)
