@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # One GPU session on the device machine (H100), run from the repo root; results go to $OUT.
-#   PARTS    : any of "tests check bench scan profile host ab graph baseline" (default "tests check bench"), in the order given; a failing
+#   PARTS    : any of "tests check bench scan path profile host ab graph baseline" (default "tests check bench"), in the order given; a failing
 #              part does not stop the others.
 #   tests    : GPU-marked tests in $TESTS (default: tests/kernels tests/models).
 #   check    : benchmarks/check_models_gpu.py (Triton path vs reference path) on $CHECK_MODELS (default: its list).
 #   bench    : tools/benchmark.py on $MODELS next to $PEERS, batch 128, 224x224, AMP fp16, 50 warm-up + 30 timed.
 #   scan     : benchmarks/bench_scan.py $SCAN_ARGS (default --quick: no reference check) -> $OUT/scan.md / scan.json.
+#   path     : benchmarks/scan_path_gpu.py: step vs chunked kernels for N > 1 at EfficientVMamba / Vim shapes.
 #   profile  : benchmarks/step_anatomy_gpu.py for $PROFILE_MODELS: wall / kernel / enqueue time and the top CUDA
 #              kernels of an AMP inference and train step (PROFILE_ARGS="--modes infer": inference only).
 #   host     : benchmarks/host_cost_gpu.py on $PROFILE_MODELS: host cost per call of aten ops and ours (split into
@@ -40,6 +41,7 @@ for part in $PARTS; do
     bench) timeout 360 python tools/benchmark.py --models "$MODELS" --peers "$PEERS" $BENCH_ARGS \
              --out "$OUT/models" 2>&1 | grep -v Warning | tail -30 ;;
     scan) OUT="$OUT" timeout 300 python benchmarks/bench_scan.py ${SCAN_ARGS:---quick} 2>&1 | tail -30 ;;
+    path) timeout 200 python benchmarks/scan_path_gpu.py 2>&1 | grep -v Warning | tee "$OUT/scan_path.md" ;;
     profile) timeout 300 python benchmarks/step_anatomy_gpu.py ${PROFILE_MODELS//,/ } --kernels 20 ${PROFILE_ARGS:-} 2>&1 \
                | grep -v Warning ;;
     host) timeout 200 python benchmarks/host_cost_gpu.py ${PROFILE_MODELS//,/ } 2>&1 | grep -v Warning ;;
