@@ -1,5 +1,7 @@
 """RecomputeActMlp: same outputs and gradients as timm's Mlp (fp64, and under bf16 autocast), without storing
 the activation's output."""
+import functools
+
 import pytest
 import torch
 from timm.layers import Mlp
@@ -7,10 +9,10 @@ from timm.layers import Mlp
 from vmamba.layers.mlp import RecomputeActMlp
 
 
-def _pair(bias=True, dtype=torch.float32):
+def _pair(bias=True, dtype=torch.float32, act_layer=torch.nn.GELU):
     torch.manual_seed(0)
-    ours = RecomputeActMlp(12, 40, bias=bias, dtype=dtype)
-    plain = Mlp(12, 40, bias=bias, dtype=dtype)
+    ours = RecomputeActMlp(12, 40, bias=bias, dtype=dtype, act_layer=act_layer)
+    plain = Mlp(12, 40, bias=bias, dtype=dtype, act_layer=act_layer)
     plain.load_state_dict(ours.state_dict())
     return ours, plain
 
@@ -25,6 +27,18 @@ def _run(mlp, x, weight):
 @pytest.mark.parametrize('bias', [True, False])
 def test_same_outputs_and_gradients_as_timm_mlp_fp64(bias):
     ours, plain = _pair(bias, torch.float64)
+    x = torch.randn(3, 5, 12, dtype=torch.float64)
+    weight = torch.randn(3, 5, 12)
+    for a, b in zip(_run(ours, x, weight), _run(plain, x, weight)):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize('act_layer', [
+    pytest.param(functools.partial(torch.nn.GELU, approximate='tanh'), id='gelu-tanh'),
+    pytest.param(torch.nn.SiLU, id='silu'),
+])
+def test_other_activations_fp64(act_layer):
+    ours, plain = _pair(True, torch.float64, act_layer)
     x = torch.randn(3, 5, 12, dtype=torch.float64)
     weight = torch.randn(3, 5, 12)
     for a, b in zip(_run(ours, x, weight), _run(plain, x, weight)):
