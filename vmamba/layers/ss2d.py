@@ -124,9 +124,9 @@ class _RoutesScan(torch.autograd.Function):
             du, ddelta, dA, dB, dC, dD, _, ddelta_bias = selective_scan_input_grads(
                 grad_ys.flatten(1, 2), xs.flatten(1, 2), delta.flatten(1, 2), A, B, C, D, None, delta_bias, True,
                 reverse, local_window)
-            # The two projections' gradients by hand (the same matmuls autograd would run, without a nested
-            # autograd.backward: ~12% of a VMamba-T train step's host time). Weights broadcast over the batch, so
-            # their gradients sum over it.
+            # The two projections' gradients by hand: the same matmuls autograd would run, without recording the
+            # recompute and running a nested autograd.backward per call. Weights broadcast over the batch, so their
+            # gradients sum over it.
             ddelta = ddelta.view_as(delta)  # (B, K, D, L)
             grad_x_proj = grad_dt_proj = grad_tokens = None
             if need_dt_proj:
