@@ -60,22 +60,6 @@ def _tile_positions(pid, height, width, tiles_w, TILE_H: tl.constexpr, TILE_W: t
 
 
 @triton.jit
-def _sum_visits(routes_ptr, inverse_ptr, batch, offs_p, offs_c, mask_p, mask,
-                num_positions, channels, num_routes, length, num_visits,
-                BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
-    """(BLOCK_C, BLOCK_P) fp32 tile: for positions ``offs_p`` and channels ``offs_c`` the sum of all their visits
-    in the routes (flat visit ``k * L + l`` -> routes[batch, k, c, l])."""
-    acc = tl.zeros([BLOCK_C, BLOCK_P], dtype=tl.float32)
-    for visit in range(num_visits):
-        flat = tl.load(inverse_ptr + visit * num_positions + offs_p, mask=mask_p, other=0).to(tl.int64)
-        route = flat // length
-        step = flat - route * length
-        offs = ((batch * num_routes + route[None, :]) * channels + offs_c[:, None]) * length + step[None, :]
-        acc += tl.load(routes_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    return acc
-
-
-@triton.jit
 def _merge_routes_kernel(
         routes_ptr, inverse_ptr, out_ptr,
         num_positions, channels, num_routes, length, num_visits, height, width, tiles_w,
@@ -91,8 +75,13 @@ def _merge_routes_kernel(
     offs_p, mask_p = _tile_positions(pid_p, height, width, tiles_w, TILE_H, TILE_W)
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     mask = (offs_c < channels)[:, None] & mask_p[None, :]
-    acc = _sum_visits(routes_ptr, inverse_ptr, batch, offs_p, offs_c, mask_p, mask,
-                      num_positions, channels, num_routes, length, num_visits, BLOCK_P, BLOCK_C)
+    acc = tl.zeros([BLOCK_C, BLOCK_P], dtype=tl.float32)
+    for visit in range(num_visits):  # flat visit k * L + l -> routes[batch, k, c, l]
+        flat = tl.load(inverse_ptr + visit * num_positions + offs_p, mask=mask_p, other=0).to(tl.int64)
+        route = flat // length
+        step = flat - route * length
+        offs = ((batch * num_routes + route[None, :]) * channels + offs_c[:, None]) * length + step[None, :]
+        acc += tl.load(routes_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     out_offs = (batch * num_positions + offs_p[None, :]) * channels + offs_c[:, None]
     tl.store(out_ptr + out_offs, acc.to(out_ptr.dtype.element_ty), mask=mask)
 
