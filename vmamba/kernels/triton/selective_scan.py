@@ -779,13 +779,15 @@ def _launch_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, lo
 STEP_FORWARD_MAX_LENGTH = 512
 
 
-def _uses_step_kernels(num_states: int, local_window: int, length: int = 0, forward: bool = False,
-                       rows_contiguous: bool = False) -> bool:
+def _uses_step_kernels(num_states: int, local_window: int, length: int = 0,
+                       forward_rows: Sequence[Optional[torch.Tensor]] = ()) -> bool:
     """N > 1 without LB window runs the step-by-step kernels (sequential over L, parallel over channels x states).
-    Forwards longer than ``STEP_FORWARD_MAX_LENGTH`` run the chunked scan kernel instead when their rows are
-    contiguous and 8-aligned (``length % 8 == 0``): the case measured faster. Unaligned rows lose the chunked
-    kernel's vectorised loads, and token-major views (Vim) would be copied for it."""
-    chunked_forward = forward and length > STEP_FORWARD_MAX_LENGTH and length % 8 == 0 and rows_contiguous
+    Forwards (``forward_rows``: their sequence tensors) longer than ``STEP_FORWARD_MAX_LENGTH`` run the chunked
+    scan kernel instead when their rows are contiguous and 8-aligned (``length % 8 == 0``): the case measured
+    faster. Unaligned rows lose the chunked kernel's vectorised loads, and token-major views (Vim) would be copied
+    for it."""
+    chunked_forward = (bool(forward_rows) and length > STEP_FORWARD_MAX_LENGTH and length % 8 == 0
+                       and all(t is None or t.is_contiguous() for t in forward_rows))
     return num_states > 1 and not local_window and not chunked_forward
 
 
@@ -938,8 +940,7 @@ def selective_scan_fwd(
     num_states = A.shape[1]
     out = empty_sequence_like(u, out_dtype)
     last_state = torch.empty((batch, channels, num_states), device=u.device, dtype=torch.float32)
-    rows_contiguous = all(t is None or t.is_contiguous() for t in (u, delta, B, C, z))
-    if _uses_step_kernels(num_states, local_window, length, forward=True, rows_contiguous=rows_contiguous):
+    if _uses_step_kernels(num_states, local_window, length, forward_rows=(u, delta, B, C, z)):
         if config is None:
             config = default_config('fwd_step', num_states, length, channels // B.shape[1])
         _launch_fwd_step(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, config, out, last_state)
