@@ -40,7 +40,8 @@ for part in $PARTS; do
              --json "$OUT/check_models.json" 2>&1 | tail -12 ;;
     bench) timeout 360 python tools/benchmark.py --models "$MODELS" --peers "$PEERS" $BENCH_ARGS \
              --out "$OUT/models" 2>&1 | grep -v Warning | tail -30 ;;
-    scan) OUT="$OUT" timeout 300 python benchmarks/bench_scan.py ${SCAN_ARGS:---quick} 2>&1 | tail -30 ;;
+    scan) OUT="$OUT" timeout 300 python benchmarks/bench_scan.py ${SCAN_ARGS:---quick} 2>&1 | tee "$OUT/scan_log.txt" \
+            | grep -v "^  .*/fwd " | tail -40 ;;
     path) timeout 200 python benchmarks/scan_path_gpu.py 2>&1 | grep -v Warning | tee "$OUT/scan_path.md" ;;
     profile) timeout 300 python benchmarks/step_anatomy_gpu.py ${PROFILE_MODELS//,/ } --kernels 20 ${PROFILE_ARGS:-} 2>&1 \
                | grep -v Warning ;;

@@ -214,6 +214,21 @@ def test_explicit_tiles(config, local_window):
     run_case(1, 4, 29, 4, 2, reverse=(False, True), local_window=local_window, config=config)
 
 
+@pytest.mark.parametrize('channels, config, local_window, num_states', [
+    pytest.param(10, ScanConfig(block_d=2, block_l=8, num_warps=1, channel_blocks=2), 0, 1,
+                 id='N1-2-blocks-per-program-ragged-atomic'),
+    pytest.param(6, ScanConfig(block_d=1, block_l=8, num_warps=1, channel_blocks=3), 0, 1,
+                 id='N1-one-program-per-group'),
+    pytest.param(6, ScanConfig(block_d=1, block_l=8, num_warps=1, channel_blocks=2), 3, 4,
+                 id='N4-W3-2-blocks-per-program-ragged'),
+])
+def test_backward_channel_blocks(channels, config, local_window, num_states):
+    """Backward programs that walk several channel blocks (``channel_blocks``): dB/dC of every block and chunk add
+    up (a one-program group with many chunks once stored each block's dB/dC over the previous one's), ragged last
+    block, one and several programs per group."""
+    run_case(2, channels, 29, num_states, 2, reverse=(True, False), local_window=local_window, config=config)
+
+
 @pytest.mark.parametrize('dtype, out_dtype', [
     (torch.bfloat16, torch.float32), (torch.bfloat16, torch.bfloat16), (torch.float16, torch.float16)])
 def test_low_precision(dtype, out_dtype):

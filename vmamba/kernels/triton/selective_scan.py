@@ -367,9 +367,10 @@ def _selective_scan_bwd_kernel(
             adj_carry = tl.load(grad_last_state_ptr + row_state, mask=mask_rows, other=0.0)
         else:
             adj_carry = tl.zeros([ROWS], dtype=tl.float32)
-        dA_acc = tl.zeros([ROWS], dtype=tl.float32)
-        dD_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
-        dbias_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+        # Per-position sums for dA / dD / ddelta_bias, reduced over positions once after the last chunk.
+        dA_acc = tl.zeros([ROWS, BLOCK_L], dtype=tl.float32)
+        dD_acc = tl.zeros([BLOCK_D, BLOCK_L], dtype=tl.float32)
+        dbias_acc = tl.zeros([BLOCK_D, BLOCK_L], dtype=tl.float32)
 
         for i in range(num_chunks):
             chunk = num_chunks - 1 - i
@@ -430,7 +431,7 @@ def _selective_scan_bwd_kernel(
             else:
                 dy = dout
             if HAS_D:
-                dD_acc += tl.sum(dy * u, axis=1)
+                dD_acc += dy * u
                 du = dy * D[:, None]
             else:
                 du = tl.zeros([BLOCK_D, BLOCK_L], dtype=tl.float32)
@@ -470,13 +471,13 @@ def _selective_scan_bwd_kernel(
             dx_B = _sum_over_states(dx * Bv, BLOCK_N)  # (BLOCK_D, L)
             ddt = dx_B * u + _sum_over_states(d_log_decay * A, BLOCK_N)
             du += dx_B * dt
-            dA_acc += tl.sum(d_log_decay * dt, axis=1)
+            dA_acc += d_log_decay * dt
             if DELTA_SOFTPLUS:
                 ddelta = ddt * _softplus_grad(dt_pre)
             else:
                 ddelta = ddt
             ddelta = tl.where(mask_dl, ddelta, 0.0)
-            dbias_acc += tl.sum(ddelta, axis=1)
+            dbias_acc += ddelta
             tl.store(du_ptr + seq_offs, du.to(du_ptr.dtype.element_ty), mask=mask_dl)
             tl.store(ddelta_ptr + seq_offs, ddelta.to(ddelta_ptr.dtype.element_ty), mask=mask_dl)
 
@@ -492,11 +493,11 @@ def _selective_scan_bwd_kernel(
                 tl.store(dB_ptr + bc_offs, dB_part.to(dB_ptr.dtype.element_ty), mask=mask_nl)
                 tl.store(dC_ptr + bc_offs, dC_part.to(dC_ptr.dtype.element_ty), mask=mask_nl)
 
-        tl.store(dA_partial_ptr + row_state, dA_acc, mask=mask_rows)
+        tl.store(dA_partial_ptr + row_state, tl.sum(dA_acc, axis=1), mask=mask_rows)
         if HAS_D:
-            tl.store(dD_partial_ptr + batch * channels + chan, dD_acc, mask=mask_d)
+            tl.store(dD_partial_ptr + batch * channels + chan, tl.sum(dD_acc, axis=1), mask=mask_d)
         if HAS_DELTA_BIAS:
-            tl.store(ddelta_bias_partial_ptr + batch * channels + chan, dbias_acc, mask=mask_d)
+            tl.store(ddelta_bias_partial_ptr + batch * channels + chan, tl.sum(dbias_acc, axis=1), mask=mask_d)
 
     if SINGLE_CHUNK:
         # The one chunk covers the whole sequence (CHUNK >= length).
@@ -681,6 +682,7 @@ class ScanConfig:
     block_l: int
     num_warps: int = 4
     channel_blocks: int = 1
+    num_stages: Optional[int] = None  # Triton's software pipelining depth (None: Triton's default)
 
 
 def default_config(kind: str, num_states: int, length: int, channels_per_group: int) -> ScanConfig:
@@ -716,6 +718,10 @@ def _resolve(config: ScanConfig, num_states: int, local_window: int, length: int
         chunk = block_l
     block_d = config.block_d if block_n == 1 else 1  # tile rows are channels (N == 1) or one channel's states
     return block_d, block_n, block_l, chunk
+
+
+def _stages(config: ScanConfig) -> dict:
+    return {} if config.num_stages is None else {'num_stages': config.num_stages}
 
 
 def _direction_runs(reverse: Sequence[bool]) -> List[Tuple[int, int, bool]]:
@@ -769,6 +775,7 @@ def _launch_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, lo
             DELTA_SOFTPLUS=bool(delta_softplus), REVERSE=bool(is_reversed), LOCAL_WINDOW=int(local_window),
             WRITE_OUTPUT=write_output, WRITE_CHUNK_STATES=chunk_states is not None,
             BLOCK_D=block_d, BLOCK_N=block_n, BLOCK_L=block_l, CHUNK=chunk, num_warps=config.num_warps,
+            **_stages(config),
         )
 
 
@@ -1016,7 +1023,9 @@ def selective_scan_bwd(
 
     channel_blocks = max(1, min(config.channel_blocks, cdiv(per_group, block_d)))
     programs_per_group = cdiv(per_group, block_d * channel_blocks)
-    atomic_bc = programs_per_group > 1
+    # dB/dC: a plain store only when one program's one pass writes each position (several channel blocks of a
+    # multi-chunk program add their chunks one block after the other).
+    atomic_bc = programs_per_group > 1 or (channel_blocks > 1 and num_chunks > 1)
     du, ddelta, dz, dB, dC, dA_partial, dD_partial, dbias_partial = _grad_buffers(u, delta, B, C, D, z, delta_bias,
                                                                                   atomic_bc)
 
@@ -1036,6 +1045,7 @@ def selective_scan_bwd(
             HAS_GRAD_LAST_STATE=grad_last_state is not None, HAS_CHUNK_STATES=chunk_states is not None,
             ATOMIC_BC=atomic_bc, SINGLE_CHUNK=num_chunks == 1, CHANNEL_BLOCKS=channel_blocks,
             BLOCK_D=block_d, BLOCK_N=block_n, BLOCK_L=block_l, CHUNK=chunk, num_warps=config.num_warps,
+            **_stages(config),
         )
 
     return _finish_grads(du, ddelta, dz, dB, dC, dA_partial, dD_partial, dbias_partial, B.dtype)
