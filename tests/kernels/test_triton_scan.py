@@ -229,6 +229,39 @@ def test_backward_channel_blocks(channels, config, local_window, num_states):
     run_case(2, channels, 29, num_states, 2, reverse=(True, False), local_window=local_window, config=config)
 
 
+@pytest.mark.parametrize('num_states, local_window, length', [(1, 0, 600), (4, 3, 300), (1, 0, 200)],
+                         ids=['N1-3-chunks', 'N4-W3-chunks', 'N1-one-chunk'])
+def test_backward_from_forward_chunk_states(monkeypatch, num_states, local_window, length):
+    """``save_chunk_states``: the forward keeps the states at the backward's chunk starts, and the backward given
+    them runs no pre-pass and returns the same gradients; a wrong shape is refused."""
+    from vmamba.kernels.triton import selective_scan as scan
+    monkeypatch.setattr(scan, 'interpreting', lambda: False)  # the GPU's tiles (N = 1: 256-position chunks)
+    inputs, gen = make_inputs(1, 2, length, num_states, 2)
+    args = [inputs[k] for k in GRAD_NAMES]
+    reverse = (True, False)
+    out, last, chunk_states = selective_scan_fwd(*args, True, reverse, local_window, torch.float32,
+                                                 save_chunk_states=True)
+    expected_out, _ = selective_scan_fwd(*args, True, reverse, local_window, torch.float32)
+    torch.testing.assert_close(out, expected_out, rtol=1e-6, atol=1e-6)
+    chunk = scan._resolve(scan.default_config('bwd', num_states, length, 1), num_states, local_window, length)[3]
+    if length <= chunk:
+        assert chunk_states is None
+    else:
+        assert chunk_states.shape == (1, 2, -(-length // chunk), num_states)
+    grad_out = torch.randn(out.shape, generator=gen).to(DEVICE)
+    expected = selective_scan_bwd(grad_out, None, *args, True, reverse, local_window)
+    launches = []
+    original = scan._launch_fwd
+    monkeypatch.setattr(scan, '_launch_fwd', lambda *a, **k: launches.append(1) or original(*a, **k))
+    grads = selective_scan_bwd(grad_out, None, *args, True, reverse, local_window, chunk_states=chunk_states)
+    assert not launches, 'the backward ran its pre-pass although it was given the chunk states'
+    for name, grad, ref in zip(GRAD_NAMES, grads, expected):
+        torch.testing.assert_close(grad, ref, rtol=1e-5, atol=1e-6, msg=name)
+    if chunk_states is not None:
+        with pytest.raises(ValueError, match='chunk_states must be'):
+            selective_scan_bwd(grad_out, None, *args, True, reverse, local_window, chunk_states=chunk_states[:, :, 1:])
+
+
 @pytest.mark.parametrize('dtype, out_dtype', [
     (torch.bfloat16, torch.float32), (torch.bfloat16, torch.bfloat16), (torch.float16, torch.float16)])
 def test_low_precision(dtype, out_dtype):

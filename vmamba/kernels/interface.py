@@ -39,17 +39,22 @@ def scan_backend(device: torch.device) -> str:
 # ----------------------------------------------------------------------------------------------------------------
 # Custom ops: forward and backward. Optional inputs travel as Optional[Tensor]; absent gradients as empty tensors.
 
+def _triton_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, local_window, out_dtype,
+                    save_chunk_states=False):
+    from .triton.selective_scan import selective_scan_fwd
+    return selective_scan_fwd(
+        u, delta, A.float(), B, C,
+        None if D is None else D.float(), z, None if delta_bias is None else delta_bias.float(),
+        delta_softplus, tuple(reverse), local_window, out_dtype, save_chunk_states=save_chunk_states)
+
+
 def _selective_scan_impl(
         u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
         D: Optional[Tensor], z: Optional[Tensor], delta_bias: Optional[Tensor],
         delta_softplus: bool, reverse: List[bool], local_window: int, out_dtype: torch.dtype,
 ) -> Tuple[Tensor, Tensor]:
     if scan_backend(u.device) == 'triton':
-        from .triton.selective_scan import selective_scan_fwd
-        return selective_scan_fwd(
-            u, delta, A.float(), B, C,
-            None if D is None else D.float(), z, None if delta_bias is None else delta_bias.float(),
-            delta_softplus, tuple(reverse), local_window, out_dtype)
+        return _triton_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, local_window, out_dtype)
     with torch.autocast(u.device.type, enabled=False), torch.no_grad():
         out, last = selective_scan_ref(
             u, delta, A, B, C, D, z, delta_bias, delta_softplus, tuple(reverse), local_window,
@@ -92,6 +97,16 @@ def _grad_strides(index: int, x: Tensor) -> Tuple[int, ...]:
     return contiguous_strides(x.shape)
 
 
+def _triton_backward(grad_out, grad_last_state, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse,
+                     local_window, chunk_states=None) -> List[Tensor]:
+    from .triton.selective_scan import selective_scan_bwd
+    grads = selective_scan_bwd(
+        grad_out, grad_last_state, u, delta, A.float(), B, C,
+        None if D is None else D.float(), z, None if delta_bias is None else delta_bias.float(),
+        delta_softplus, tuple(reverse), local_window, chunk_states=chunk_states)
+    return _grads_like_inputs(grads, (u, delta, A, B, C, D, z, delta_bias))
+
+
 def _selective_scan_backward_impl(
         grad_out: Tensor, grad_last_state: Optional[Tensor],
         u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
@@ -99,12 +114,8 @@ def _selective_scan_backward_impl(
         delta_softplus: bool, reverse: List[bool], local_window: int,
 ) -> List[Tensor]:
     """Triton backward. Returns [du, ddelta, dA, dB, dC, dD, dz, ddelta_bias]; an absent input gets an empty tensor."""
-    from .triton.selective_scan import selective_scan_bwd
-    grads = selective_scan_bwd(
-        grad_out, grad_last_state, u, delta, A.float(), B, C,
-        None if D is None else D.float(), z, None if delta_bias is None else delta_bias.float(),
-        delta_softplus, tuple(reverse), local_window)
-    return _grads_like_inputs(grads, (u, delta, A, B, C, D, z, delta_bias))
+    return _triton_backward(grad_out, grad_last_state, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse,
+                            local_window)
 
 
 _selective_scan_backward_op = torch.library.custom_op('vmamba::selective_scan_backward',
@@ -148,23 +159,33 @@ def _backward_grads(grad_out, grad_last_state, tensors, delta_softplus, reverse,
 
 
 def selective_scan_no_autograd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, local_window,
-                               out_dtype) -> Tensor:
+                               out_dtype, save_chunk_states=False):
     """The forward of :func:`selective_scan` without autograd and validation: out in u's memory order.
 
     With :func:`selective_scan_input_grads`, for recomputation wrappers that run the forward themselves and keep
     less than the scan's inputs for the backward (``vmamba/layers/ss2d.py``). ``reverse``: G bools;
-    ``local_window``: 0 = off."""
-    return _selective_scan_impl(u, delta, A, B, C, D, z, delta_bias, delta_softplus, list(reverse),
-                                local_window, out_dtype)[0]
+    ``local_window``: 0 = off. ``save_chunk_states``: return (out, chunk_states), the scan states at the chunk
+    starts of the Triton backward (None where it would not use them: reference backend, step kernels, one chunk),
+    small (1/256 of u for N = 1), for :func:`selective_scan_input_grads` to skip its forward pre-pass."""
+    if save_chunk_states and scan_backend(u.device) == 'triton':
+        out, _, chunk_states = _triton_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse,
+                                               local_window, out_dtype, save_chunk_states=True)
+        return out, chunk_states
+    out = _selective_scan_impl(u, delta, A, B, C, D, z, delta_bias, delta_softplus, list(reverse),
+                               local_window, out_dtype)[0]
+    return (out, None) if save_chunk_states else out
 
 
 def selective_scan_input_grads(grad_out, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse,
-                               local_window) -> List[Optional[Tensor]]:
+                               local_window, chunk_states=None) -> List[Optional[Tensor]]:
     """Gradients [du, ddelta, dA, dB, dC, dD, dz, ddelta_bias] of :func:`selective_scan_no_autograd`'s out
-    (None for absent inputs), from the same kernels as :func:`selective_scan`'s backward."""
+    (None for absent inputs), from the same kernels as :func:`selective_scan`'s backward. ``chunk_states``: that
+    forward's ``save_chunk_states`` result for the same inputs, or None."""
     tensors = (u, delta, A, B, C, D, z, delta_bias)
-    grads = _backward_grads(grad_out, None, tensors, delta_softplus, reverse, local_window,
-                            _selective_scan_backward_impl)
+    if scan_backend(u.device) == 'triton':
+        grads = _triton_backward(grad_out, None, *tensors, delta_softplus, reverse, local_window, chunk_states)
+    else:
+        grads = _reference_backward(grad_out, None, tensors, delta_softplus, reverse, local_window)
     return [None if t is None else g for g, t in zip(grads, tensors)]
 
 

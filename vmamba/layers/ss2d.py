@@ -92,7 +92,8 @@ def _route_projections(tokens, x_proj_weight, dt_proj_weight, index, inverse, wi
 
 
 class _RoutesScan(torch.autograd.Function):
-    """gather routes -> x_proj -> dt_proj -> selective scan, keeping only the token map for the backward.
+    """gather routes -> x_proj -> dt_proj -> selective scan, keeping only the token map (and the scan's small
+    chunk-start states, so that the scan backward skips its forward pre-pass) for the backward.
 
     The plain autograd graph keeps the K route copies of the map and delta (2 K-times-map-sized tensors, ~40% of
     VMamba-T's training activations); here the backward re-gathers the routes and recomputes the two projections
@@ -106,16 +107,16 @@ class _RoutesScan(torch.autograd.Function):
         batch, num_routes, length = tokens.shape[0], index.shape[0], index.shape[1]
         with torch.autocast(tokens.device.type, enabled=False):
             xs, delta, B, C = _route_projections(tokens, x_proj_weight, dt_proj_weight, index, inverse, width)
-            ys = selective_scan_no_autograd(
+            ys, chunk_states = selective_scan_no_autograd(
                 xs.flatten(1, 2), delta.flatten(1, 2), A, B, C, D, None, delta_bias, True, reverse, local_window,
-                A.dtype)
-        ctx.save_for_backward(tokens, x_proj_weight, dt_proj_weight, A, D, delta_bias, index, inverse)
+                A.dtype, save_chunk_states=True)
+        ctx.save_for_backward(tokens, x_proj_weight, dt_proj_weight, A, D, delta_bias, index, inverse, chunk_states)
         ctx.scan_options = (width, reverse, local_window)
         return ys.view(batch, num_routes, -1, length)
 
     @staticmethod
     def backward(ctx, grad_ys):
-        tokens, x_proj_weight, dt_proj_weight, A, D, delta_bias, index, inverse = ctx.saved_tensors
+        tokens, x_proj_weight, dt_proj_weight, A, D, delta_bias, index, inverse, chunk_states = ctx.saved_tensors
         width, reverse, local_window = ctx.scan_options
         need_tokens, need_x_proj, need_dt_proj = ctx.needs_input_grad[:3]
         with torch.no_grad(), torch.autocast(tokens.device.type, enabled=False):
@@ -123,7 +124,7 @@ class _RoutesScan(torch.autograd.Function):
             delta, B, C, dt_low = _projections(xs, x_proj_weight, dt_proj_weight, with_dt_low=True)
             du, ddelta, dA, dB, dC, dD, _, ddelta_bias = selective_scan_input_grads(
                 grad_ys.flatten(1, 2), xs.flatten(1, 2), delta.flatten(1, 2), A, B, C, D, None, delta_bias, True,
-                reverse, local_window)
+                reverse, local_window, chunk_states)
             # The two projections' gradients by hand: the same matmuls autograd would run, without recording the
             # recompute and running a nested autograd.backward per call. Weights broadcast over the batch, so their
             # gradients sum over it.

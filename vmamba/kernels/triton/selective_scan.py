@@ -17,7 +17,7 @@ See ``README.md`` next to this file for the recurrences.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import List, Optional, Sequence, Tuple
 
 import torch
@@ -921,7 +921,8 @@ def selective_scan_fwd(
         out_dtype: torch.dtype,
         *,
         config: Optional[ScanConfig] = None,
-) -> Tuple[torch.Tensor, torch.Tensor]:
+        save_chunk_states: bool = False,
+):
     """Selective scan forward.
 
     Args:
@@ -936,9 +937,13 @@ def selective_scan_fwd(
         config: tile sizes (default: :func:`default_config`; for N > 1 without LB window the step-by-step kernel
             runs, except for long aligned contiguous rows (:func:`_uses_step_kernels`), and ``config`` is its
             'fwd_step' config: ``block_d`` channels, ``block_l`` unrolled steps).
+        save_chunk_states: also return what :func:`selective_scan_bwd` would recompute in its pre-pass (the state
+            at each of its chunk starts), so that a backward of these inputs skips the pre-pass; None where that
+            backward runs the step kernels or has one chunk. The forward then scans in the backward's chunks.
     Returns:
-        out (batch, channels, L) in ``out_dtype`` and in u's memory order (:mod:`vmamba.kernels.layout`), last_state (batch, channels, N) fp32 (the forward state after
-        the last scanned step).
+        out (batch, channels, L) in ``out_dtype`` and in u's memory order (:mod:`vmamba.kernels.layout`),
+        last_state (batch, channels, N) fp32 (the forward state after the last scanned step), and with
+        ``save_chunk_states`` chunk_states ((batch, channels, num_chunks, N) fp32 or None).
     """
     reverse = tuple(bool(r) for r in reverse)
     local_window = int(local_window or 0)
@@ -947,22 +952,32 @@ def selective_scan_fwd(
     num_states = A.shape[1]
     out = empty_sequence_like(u, out_dtype)
     last_state = torch.empty((batch, channels, num_states), device=u.device, dtype=torch.float32)
+    per_group = channels // B.shape[1]
+    chunk_states = None
     if _uses_step_kernels(num_states, local_window, length, forward_rows=(u, delta, B, C, z)):
         if config is None:
-            config = default_config('fwd_step', num_states, length, channels // B.shape[1])
+            config = default_config('fwd_step', num_states, length, per_group)
         _launch_fwd_step(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, config, out, last_state)
-        return out, last_state
+        return (out, last_state, chunk_states) if save_chunk_states else (out, last_state)
     if config is None:
-        config = default_config('fwd', num_states, length, channels // B.shape[1])
+        config = default_config('fwd', num_states, length, per_group)
+    if save_chunk_states and not _uses_step_kernels(num_states, local_window):
+        backward_chunk = _resolve(default_config('bwd', num_states, length, per_group), num_states, local_window,
+                                  length)[3]
+        num_chunks = cdiv(length, backward_chunk)
+        if num_chunks > 1:
+            config = replace(config, block_l=default_config('bwd', num_states, length, per_group).block_l)
+            chunk_states = torch.empty((batch, channels, num_chunks, num_states), device=u.device,
+                                       dtype=torch.float32)
     # The chunked kernels read and write contiguous (batch, channels, L) rows.
     u, delta, B, C = u.contiguous(), delta.contiguous(), B.contiguous(), C.contiguous()
     z = z.contiguous() if z is not None else None
     flat_out = out if out.is_contiguous() else torch.empty((batch, channels, length), device=u.device, dtype=out_dtype)
     _launch_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, local_window, config,
-                flat_out, last_state, None)
+                flat_out, last_state, chunk_states)
     if flat_out is not out:
         out.copy_(flat_out)
-    return out, last_state
+    return (out, last_state, chunk_states) if save_chunk_states else (out, last_state)
 
 
 def selective_scan_bwd(
@@ -981,6 +996,7 @@ def selective_scan_bwd(
         local_window: int,
         *,
         config: Optional[ScanConfig] = None,
+        chunk_states: Optional[torch.Tensor] = None,
 ) -> Tuple[Optional[torch.Tensor], ...]:
     """Selective scan backward by recomputation (inputs as in :func:`selective_scan_fwd`).
 
@@ -988,6 +1004,8 @@ def selective_scan_bwd(
         grad_out: (batch, channels, L), any float dtype. grad_last_state: (batch, channels, N) fp32 or None.
         config: tile sizes (default: :func:`default_config`; for N > 1 without LB window the step-by-step kernels
             run and ``config`` is their 'bwd_step' config: ``block_d`` channels, ``block_l`` steps per block).
+        chunk_states: the forward's ``save_chunk_states`` result for these inputs (default config only), or None
+            to recompute them.
     Returns:
         (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias): du/ddelta/dz/dB/dC in the dtype of the corresponding input
         (step kernels: also in its memory order; chunked kernels: contiguous), dA/dD/ddelta_bias fp32; None where
@@ -1015,8 +1033,14 @@ def selective_scan_bwd(
     num_chunks = cdiv(length, chunk)
     device = u.device
 
-    chunk_states = None
-    if num_chunks > 1:
+    if num_chunks == 1:
+        chunk_states = None
+    elif chunk_states is not None:
+        expected = (batch, channels, num_chunks, num_states)
+        if tuple(chunk_states.shape) != expected or chunk_states.dtype != torch.float32:
+            raise ValueError(f'triton selective scan: chunk_states must be {expected} fp32 for this backward, got '
+                             f'{tuple(chunk_states.shape)} {chunk_states.dtype}')
+    else:
         chunk_states = torch.empty((batch, channels, num_chunks, num_states), device=device, dtype=torch.float32)
         _launch_fwd(u, delta, A, B, C, None, None, delta_bias, delta_softplus, reverse, local_window, config,
                     None, None, chunk_states)
