@@ -68,6 +68,8 @@ GRAD_NAMES = ('u', 'delta', 'A', 'B', 'C', 'D', 'z', 'delta_bias')
 CASES = {
     'vmamba_t_stage1': dict(batch=32, channels=384, length=3136, num_states=1, groups=4, z=False,
                             dtype=torch.bfloat16, out_dtype=torch.float32, reverse=(False, False, True, True)),
+    'vmamba_t_stage3': dict(batch=128, channels=1536, length=196, num_states=1, groups=4, z=False,
+                            dtype=torch.bfloat16, out_dtype=torch.float32, reverse=(False, False, True, True)),
     'vim_s': dict(batch=128, channels=768, length=197, num_states=16, groups=1, z=True,
                   dtype=torch.bfloat16, out_dtype=torch.bfloat16, reverse=(False,)),
     'vim_s_mixer': dict(batch=128, channels=1536, length=197, num_states=16, groups=2, z=False,
@@ -81,14 +83,13 @@ CASES = {
 EXTRA_ROWS = {'vmamba_t_stage1_forward_only': dict(CASES['vmamba_t_stage1'], reverse=(False,) * 4)}
 OFFICIAL_FWD_MS['vmamba_t_stage1_forward_only'] = OFFICIAL_FWD_MS['vmamba_t_stage1']
 
-SWEEP = {  # (block_d, block_l, num_warps, channel_blocks[, num_stages]); Vim (N=16) runs the step kernels: block_d channels,
+SWEEP = {  # (block_d, block_l, num_warps, channel_blocks); Vim (N=16) runs the step kernels: block_d channels,
     # block_l positions per unrolled block
-    ('vmamba_t_stage1', 'fwd'): [(1, 512, 2, 1), (1, 1024, 2, 1), (1, 256, 1, 1), (1, 512, 1, 1), (2, 512, 2, 1),
-                                 (1, 1024, 4, 1)],
+    ('vmamba_t_stage1', 'fwd'): [(1, 512, 1, 1), (1, 256, 1, 1), (1, 128, 1, 1), (1, 64, 1, 1), (1, 512, 2, 1)],
     ('vim_s', 'fwd'): [(16, 8, 1, 1), (16, 4, 1, 1), (16, 16, 1, 1), (8, 8, 1, 1), (32, 4, 1, 1), (32, 8, 1, 1)],
-    ('vmamba_t_stage1', 'bwd'): [(1, 256, 2, 1), (1, 256, 1, 1), (1, 128, 1, 1), (1, 512, 1, 1), (1, 512, 2, 1),
-                                 (1, 512, 4, 1), (1, 256, 2, 1, 1), (1, 256, 2, 1, 2), (1, 256, 1, 1, 2),
-                                 (1, 128, 1, 1, 2), (1, 512, 2, 1, 2)],
+    ('vmamba_t_stage1', 'bwd'): [(1, 128, 1, 1), (1, 64, 1, 1), (1, 32, 1, 1), (1, 256, 1, 1), (1, 128, 2, 1),
+                                 (2, 64, 1, 1), (2, 128, 1, 1)],
+    ('vmamba_t_stage3', 'bwd'): [(1, 128, 1, 1), (1, 256, 1, 1), (1, 64, 1, 1), (1, 256, 2, 1)],
     ('vim_s', 'bwd'): [(16, 4, 1, 1), (16, 8, 1, 1), (8, 8, 1, 1), (8, 4, 1, 1), (8, 16, 1, 1), (32, 4, 1, 1)],
     ('vim_s_mixer_token_major', 'fwd'): [(32, 4, 1, 1), (32, 8, 1, 1), (64, 4, 2, 1), (64, 8, 2, 1), (128, 4, 4, 1),
                                          (32, 16, 1, 1)],
@@ -310,11 +311,11 @@ def sweep(time_budget_s, cases=None):
         out, _ = selective_scan_fwd(*args, True, case['reverse'], 0, case['out_dtype'])
         grad_out = torch.randn_like(out)
         timings = []
-        for block_d, block_l, warps, channel_blocks, *stages in candidates:
+        for block_d, block_l, warps, channel_blocks in candidates:
             if time.time() - start > time_budget_s:
                 print(f'  sweep budget of {time_budget_s}s used up; skipping the rest of {name}/{kind}', flush=True)
                 break
-            cfg = ScanConfig(block_d, block_l, warps, channel_blocks, *stages)
+            cfg = ScanConfig(block_d, block_l, warps, channel_blocks)
             try:
                 rev = case['reverse']
                 if kind == 'fwd':
@@ -327,8 +328,7 @@ def sweep(time_budget_s, cases=None):
                 print(f'  {name}/{kind} {cfg}: failed: {type(exc).__name__}: {str(exc)[:200]}', flush=True)
                 continue
             timings.append((ms, cfg))
-            print(f'  {name}/{kind} d={block_d:3d} l={block_l:5d} w={warps} cb={channel_blocks} '
-                  f'stages={cfg.num_stages}: {ms:.4f} ms',
+            print(f'  {name}/{kind} d={block_d:3d} l={block_l:5d} w={warps} cb={channel_blocks}: {ms:.4f} ms',
                   flush=True)
         if kind == 'bwd' and case['num_states'] == 1:
             # The backward's forward pre-pass (chunk-start states) alone, at the default backward chunk.

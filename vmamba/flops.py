@@ -97,6 +97,12 @@ def _layer_norm_last_dim_formula(x_shape, weight_shape=None, *args, out_shape=No
     return _layer_norm_formula(x_shape, x_shape[-1:], weight_shape)
 
 
+def _add_layer_norm_last_dim_formula(residual_shape, branch_shape, weight_shape=None, *args, out_shape=None,
+                                     **kwargs) -> int:
+    """The LayerNorm's count: fvcore does not count elementwise adds."""
+    return _layer_norm_formula(residual_shape, residual_shape[-1:], weight_shape)
+
+
 def _group_norm_formula(input_shape, weight_shape=None, *args, out_shape=None, **kwargs) -> int:
     return math.prod(input_shape) * (5 if weight_shape is not None else 4)
 
@@ -121,6 +127,7 @@ def _paper_mapping() -> Dict[Any, Callable[..., int]]:
         op: _as_macs(formula) for op, formula in flop_registry.items() if op not in scan_ops}
     mapping[_aten.native_layer_norm] = _layer_norm_formula
     mapping[torch.ops.vmamba.layer_norm_last_dim] = _layer_norm_last_dim_formula
+    mapping[torch.ops.vmamba.add_layer_norm_last_dim] = _add_layer_norm_last_dim_formula
     mapping[_aten.native_group_norm] = _group_norm_formula
     for name in ('_native_batch_norm_legit_no_training', '_native_batch_norm_legit', 'native_batch_norm'):
         if hasattr(_aten, name):

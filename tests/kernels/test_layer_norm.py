@@ -1,6 +1,7 @@
 """LayerNorm over the last dim: reference vs explicit sums, Triton forward / backward vs the reference, the custom
-ops (gradcheck, opcheck, dispatch), input errors. Without CUDA the Triton kernels run in the interpreter on small
-row blocks (4 rows per program), so ragged row counts and masked columns are covered."""
+ops (gradcheck, opcheck, dispatch), input errors; the same for the residual add + LayerNorm. Without CUDA the Triton
+kernels run in the interpreter on small row blocks (4 rows per program), so ragged row counts and masked columns are
+covered."""
 import os
 
 import torch
@@ -11,9 +12,11 @@ if not torch.cuda.is_available():
 import pytest  # noqa: E402
 
 from vmamba.kernels import layer_norm as ln  # noqa: E402
-from vmamba.kernels.layer_norm import layer_norm_last_dim, layer_norm_last_dim_ref  # noqa: E402
+from vmamba.kernels.layer_norm import (  # noqa: E402
+    add_layer_norm_last_dim, add_layer_norm_last_dim_ref, layer_norm_last_dim, layer_norm_last_dim_ref)
 from vmamba.kernels.triton import layer_norm as ln_triton  # noqa: E402
-from vmamba.kernels.triton.layer_norm import layer_norm_bwd, layer_norm_fwd  # noqa: E402
+from vmamba.kernels.triton.layer_norm import (  # noqa: E402
+    add_layer_norm_bwd, add_layer_norm_fwd, layer_norm_bwd, layer_norm_fwd)
 
 DEVICE = 'cuda' if torch.cuda.is_available() else 'cpu'
 EPS = 1e-5
@@ -366,4 +369,301 @@ def test_gpu_channels_first_real_size(shape):
     expected = _reference_grads(x.movedim(1, -1), weight, bias, grad_out.movedim(1, -1))
     expected[0] = expected[0].movedim(-1, 1)
     for leaf, ref in zip(leaves, expected):
+        _assert_close(leaf.grad, ref, 1e-2)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Residual add + LayerNorm: s = residual + branch, y = LayerNorm(s); backward d_s = ds + LayerNorm backward of dy
+
+# (residual, branch, y) dtypes: fp32 model; AMP (fp32 residual stream, fp16 branch and y); bf16 model; fp16 and
+# bf16 inputs promoted to an fp32 s.
+ADD_DTYPES = [
+    (torch.float32, torch.float32, torch.float32),
+    (torch.float32, torch.float16, torch.float16),
+    (torch.bfloat16, torch.bfloat16, torch.bfloat16),
+    (torch.float16, torch.bfloat16, torch.float32),
+]
+ADD_IDS = ['fp32', 'fp32+fp16', 'bf16', 'fp16+bf16']
+ADD_BWD_TOL = {torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 2e-2}
+
+
+def _assert_sum(s, residual, branch):
+    """s == residual + branch bitwise (dtype included). The interpreter rounds fp32 -> bf16 toward zero (the GPU
+    and PyTorch: to nearest), so there bf16 sums may be 1 ulp off."""
+    expected = residual + branch
+    ulp = 2 ** -7 if s.dtype == torch.bfloat16 and ln_triton.interpreting() else 0
+    assert s.dtype == expected.dtype
+    torch.testing.assert_close(s, expected, rtol=ulp, atol=0)
+
+
+def _add_reference_grads(residual, branch, weight, bias, grad_s, grad_y):
+    """Autograd through add_layer_norm_last_dim_ref in fp64 (grad_s: the gradient reaching s from its later uses),
+    cast to the dtypes of the inputs."""
+    inputs = (residual, branch, weight, bias)
+    leaves = [t.detach().double().requires_grad_(True) if t is not None else None for t in inputs]
+    s, y = add_layer_norm_last_dim_ref(*leaves, EPS)
+    present = [t for t in leaves if t is not None]
+    grads = iter(torch.autograd.grad((s, y), present, (grad_s.double(), grad_y.double())))
+    return [next(grads).to(t.dtype) if t is not None else None for t in inputs]
+
+
+@pytest.mark.parametrize('residual_dtype, branch_dtype', [
+    (torch.float32, torch.float16), (torch.bfloat16, torch.bfloat16), (torch.float16, torch.bfloat16),
+    (torch.float64, torch.float32)])
+@pytest.mark.parametrize('affine', ['weight_bias', 'none'])
+def test_add_reference_is_add_then_layer_norm(residual_dtype, branch_dtype, affine):
+    residual = _randn(3, 5, 7, dtype=residual_dtype, device='cpu')
+    branch = _randn(3, 5, 7, dtype=branch_dtype, device='cpu', seed=2)
+    weight, bias = _params(7, affine, torch.float32, 'cpu')
+    s, y = add_layer_norm_last_dim_ref(residual, branch, weight, bias, EPS)
+    expected = residual + branch
+    assert s.dtype == y.dtype == expected.dtype and torch.equal(s, expected)
+    assert torch.equal(y, layer_norm_last_dim_ref(expected, weight, bias, EPS))
+
+
+@pytest.mark.parametrize('residual_dtype, branch_dtype, out_dtype', ADD_DTYPES, ids=ADD_IDS)
+@pytest.mark.parametrize('channels', [96, 13, 3])
+@pytest.mark.parametrize('affine', ['weight_bias', 'none'])
+def test_triton_add_forward(residual_dtype, branch_dtype, out_dtype, channels, affine):
+    residual = _randn(37, channels, dtype=residual_dtype)  # 37 rows: a ragged last row block
+    branch = _randn(37, channels, dtype=branch_dtype, seed=2)
+    weight, bias = _params(channels, affine, torch.float32)
+    s, y, mean, rstd = add_layer_norm_fwd(residual, branch, weight, bias, EPS, out_dtype)
+    assert s.is_contiguous() and y.is_contiguous() and y.dtype == out_dtype
+    _assert_sum(s, residual, branch)
+    # y and the statistics are those of s as stored
+    _assert_close(y, layer_norm_last_dim_ref(s.double(), *_cast_all((weight, bias), torch.float64), EPS).to(out_dtype),
+                  FWD_TOL[out_dtype])
+    sf = s.float()
+    torch.testing.assert_close(mean, sf.mean(-1), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(rstd, torch.rsqrt(sf.var(-1, unbiased=False) + EPS), rtol=1e-4, atol=1e-4)
+    s_only, y_only, no_mean, no_rstd = add_layer_norm_fwd(residual, branch, weight, bias, EPS, out_dtype,
+                                                          store_stats=False)
+    assert no_mean is None and no_rstd is None
+    assert torch.equal(s_only, s) and torch.equal(y_only, y)
+
+
+def _cast_all(tensors, dtype):
+    return [None if t is None else t.to(dtype) for t in tensors]
+
+
+@pytest.mark.parametrize('residual_dtype, branch_dtype, out_dtype', ADD_DTYPES, ids=ADD_IDS)
+@pytest.mark.parametrize('channels', [96, 3])
+@pytest.mark.parametrize('affine', AFFINE)
+def test_triton_add_backward(residual_dtype, branch_dtype, out_dtype, channels, affine):
+    residual = _randn(37, channels, dtype=residual_dtype)
+    branch = _randn(37, channels, dtype=branch_dtype, seed=2)
+    weight, bias = _params(channels, affine, torch.float32)
+    s, _, mean, rstd = add_layer_norm_fwd(residual, branch, weight, bias, EPS, out_dtype)
+    grad_y = _randn(37, channels, dtype=out_dtype, seed=3)
+    grad_s = _randn(37, channels, dtype=s.dtype, seed=4)  # s is used again later: its own gradient
+    d_residual, d_branch, dweight, dbias = add_layer_norm_bwd(grad_y, grad_s, s, weight, bias, mean, rstd,
+                                                              residual_dtype, branch_dtype)
+    assert (d_branch is None) == (branch_dtype == residual_dtype)  # one store when the dtypes agree
+    d_branch = d_residual if d_branch is None else d_branch
+    expected = _add_reference_grads(residual, branch, weight, bias, grad_s, grad_y)
+    tol = max(ADD_BWD_TOL[t] for t in (residual_dtype, branch_dtype, out_dtype))
+    for actual, ref in zip((d_residual, d_branch, dweight, dbias), expected):
+        assert (actual is None) == (ref is None)
+        if ref is not None:
+            assert actual.is_contiguous()
+            _assert_close(actual, ref, tol)
+
+
+def test_triton_add_strided_rows():
+    """Residual and branch rows with their own row strides (slices of wider maps), read in place."""
+    residual = _randn(3, 11, 40)[..., 5:35]  # (33, 30) rows with stride 40
+    branch = _randn(3, 11, 36, dtype=torch.float16, seed=2)[..., 1:31]  # stride 36
+    rows = [ln._rows(t) for t in (residual, branch)]
+    assert rows[0].data_ptr() == residual.data_ptr() and rows[0].stride() == (40, 1) and rows[1].stride() == (36, 1)
+    weight, bias = _params(30, 'weight_bias')
+    s, y, mean, rstd = add_layer_norm_fwd(*rows, weight, bias, EPS)
+    _assert_sum(s, *rows)
+    _assert_close(y, layer_norm_last_dim_ref(s, weight, bias, EPS), 1e-5)
+    grad_y, grad_s = _randn(33, 30, seed=3), _randn(33, 30, seed=4)
+    d_residual, d_branch, dweight, dbias = add_layer_norm_bwd(grad_y, grad_s, s, weight, bias, mean, rstd,
+                                                              torch.float32, torch.float16)
+    expected = _add_reference_grads(*rows, weight, bias, grad_s, grad_y)
+    for actual, ref in zip((d_residual, d_branch, dweight, dbias), expected):
+        _assert_close(actual, ref, 1e-2 if ref.dtype == torch.float16 else 1e-5)
+
+
+def test_triton_add_empty_and_errors():
+    weight, bias = _params(8, 'weight_bias')
+    s, y, mean, _ = add_layer_norm_fwd(_randn(0, 8), _randn(0, 8, dtype=torch.float16), weight, bias, EPS)
+    assert s.shape == y.shape == (0, 8) and s.dtype == torch.float32 and mean.shape == (0,)
+    d_residual, d_branch, dweight, dbias = add_layer_norm_bwd(s, s, s, weight, bias, mean, mean, torch.float32,
+                                                              torch.float16)
+    assert d_residual.shape == d_branch.shape == (0, 8) and d_branch.dtype == torch.float16
+    assert torch.equal(dweight, torch.zeros(8, device=DEVICE)) and dbias.abs().sum() == 0
+    with pytest.raises(ValueError, match='branch must be .* unit column stride'):
+        add_layer_norm_fwd(_randn(4, 8), _randn(8, 4).t(), None, None, EPS)
+    with pytest.raises(ValueError, match=r'one shape, got \(4, 8\) and \(4, 7\)'):
+        add_layer_norm_fwd(_randn(4, 8), _randn(4, 7), None, None, EPS)
+    s, _, mean, rstd = add_layer_norm_fwd(_randn(4, 8), _randn(4, 8), None, None, EPS)
+    with pytest.raises(ValueError, match='grad_s must be contiguous'):
+        add_layer_norm_bwd(s, _randn(8, 4).t(), s, None, None, mean, rstd, torch.float32, torch.float32)
+
+
+@pytest.mark.parametrize('residual_dtype, branch_dtype, out_dtype', ADD_DTYPES[:3], ids=ADD_IDS[:3])
+def test_add_public_function_on_triton_path(force_triton, residual_dtype, branch_dtype, out_dtype):
+    """Strided (2, 3, 5, 20) views in, autograd with both outputs used; no-grad calls give the same values."""
+    residual = _randn(2, 3, 5, 26, dtype=residual_dtype)[..., 1:21]
+    branch = _randn(2, 3, 5, 24, dtype=branch_dtype, seed=2)[..., 3:23]
+    weight, bias = _params(20, 'weight_bias', torch.float32)
+    leaves = [t.detach().requires_grad_(True) for t in (residual, branch, weight, bias)]
+    s, y = add_layer_norm_last_dim(*leaves, EPS, out_dtype)
+    assert s.shape == y.shape == residual.shape and s.is_contiguous() and y.is_contiguous() and y.dtype == out_dtype
+    _assert_sum(s, residual, branch)
+    _assert_close(y, layer_norm_last_dim_ref(s, weight, bias, EPS, out_dtype), FWD_TOL[out_dtype])
+    grad_s, grad_y = _randn(*s.shape, dtype=s.dtype, seed=4), _randn(*y.shape, dtype=out_dtype, seed=5)
+    torch.autograd.backward((s, y), (grad_s, grad_y))
+    tol = max(ADD_BWD_TOL[t] for t in (residual_dtype, branch_dtype, out_dtype))
+    for leaf, ref in zip(leaves, _add_reference_grads(residual, branch, weight, bias, grad_s, grad_y)):
+        assert leaf.grad.dtype == leaf.dtype
+        _assert_close(leaf.grad, ref, tol)
+    with torch.no_grad():
+        s_inference, y_inference = add_layer_norm_last_dim(residual, branch, weight, bias, EPS, out_dtype)
+    assert torch.equal(s_inference, s) and torch.equal(y_inference, y)
+
+
+@pytest.mark.parametrize('residual_dtype, branch_dtype', [
+    (torch.float32, torch.float16), (torch.float16, torch.float32), (torch.float64, torch.float64),
+    (torch.bfloat16, torch.bfloat16)])
+def test_add_reference_path_is_add_then_layer_norm(residual_dtype, branch_dtype):
+    """Without Triton the op is ``s = residual + branch; y = layer_norm_last_dim(s)``: bitwise, gradients included
+    (for an fp32 / fp64 s; a bf16 s sums the two gradients of s in fp32 before rounding, the unfused graph in
+    bf16)."""
+    residual = _randn(2, 7, 12, dtype=residual_dtype, device='cpu')
+    branch = _randn(2, 7, 12, dtype=branch_dtype, device='cpu', seed=2)
+    weight, bias = _params(12, 'weight_bias', torch.float32, 'cpu')
+    fused = [t.detach().requires_grad_(True) for t in (residual, branch, weight, bias)]
+    unfused = [t.detach().requires_grad_(True) for t in (residual, branch, weight, bias)]
+    s, y = add_layer_norm_last_dim(*fused, EPS)
+    s_ref = unfused[0] + unfused[1]
+    y_ref = layer_norm_last_dim(s_ref, *unfused[2:], EPS)
+    assert s.dtype == s_ref.dtype and y.dtype == y_ref.dtype
+    assert torch.equal(s, s_ref) and torch.equal(y, y_ref)
+    grad_s, grad_y = _randn(*s.shape, dtype=s.dtype, device='cpu', seed=3), _randn(*y.shape, dtype=y.dtype,
+                                                                                   device='cpu', seed=4)
+    torch.autograd.backward((s, y), (grad_s, grad_y))
+    torch.autograd.backward((s_ref, y_ref), (grad_s, grad_y))
+    exact = s.dtype != torch.bfloat16
+    for a, b in zip(fused, unfused):
+        assert a.grad.dtype == b.grad.dtype
+        torch.testing.assert_close(a.grad, b.grad, rtol=0 if exact else 2e-2, atol=0 if exact else 2e-2)
+
+
+@pytest.mark.parametrize('path', ['eager', 'custom_op'])
+@pytest.mark.parametrize('affine', AFFINE)
+def test_add_gradcheck_fp64(path, affine):
+    residual = _randn(3, 9, dtype=torch.float64, device='cpu')[:, 1:8]  # strided rows
+    branch = _randn(3, 7, dtype=torch.float64, device='cpu', seed=2)
+    weight, bias = _params(7, affine, torch.float64, 'cpu')
+    inputs = [t.detach().requires_grad_(True) for t in (residual, branch, weight, bias) if t is not None]
+
+    def fn(*args):
+        it = iter(args)
+        call_args = (next(it), next(it), next(it) if weight is not None else None,
+                     next(it) if bias is not None else None, EPS)
+        if path == 'eager':
+            return add_layer_norm_last_dim(*call_args)
+        return torch.ops.vmamba.add_layer_norm_last_dim(*call_args, torch.float64)[:2]
+
+    assert torch.autograd.gradcheck(fn, inputs)
+    for actual, expected in zip(fn(*inputs), add_layer_norm_last_dim_ref(residual, branch, weight, bias, EPS)):
+        torch.testing.assert_close(actual, expected, rtol=1e-12, atol=1e-12)
+
+
+def _opcheck_add(residual, branch, weight, bias, out_dtype):
+    args = [t.detach().requires_grad_(True) if t is not None else None for t in (residual, branch, weight, bias)]
+    result = torch.library.opcheck(torch.ops.vmamba.add_layer_norm_last_dim.default, (*args, EPS, out_dtype))
+    assert all(v == 'SUCCESS' for v in result.values()), result
+    s, y, mean, rstd = torch.ops.vmamba.add_layer_norm_last_dim(residual, branch, weight, bias, EPS, out_dtype)
+    grad_y = torch.randn(y.shape, dtype=out_dtype, device=residual.device)
+    grad_s = torch.randn(s.shape, dtype=s.dtype, device=residual.device)
+    result = torch.library.opcheck(torch.ops.vmamba.add_layer_norm_last_dim_backward.default,
+                                   (grad_y, grad_s, s, weight, bias, mean, rstd, residual.dtype, branch.dtype))
+    assert all(v == 'SUCCESS' for v in result.values()), result
+
+
+@pytest.mark.parametrize('affine', ['weight_bias', 'bias'])
+def test_add_opcheck_reference_path(affine):
+    weight, bias = _params(6, affine, torch.float64, 'cpu')
+    _opcheck_add(_randn(9, 6, dtype=torch.float64, device='cpu'), _randn(9, 6, dtype=torch.float64, device='cpu'),
+                 weight, bias, torch.float64)
+    weight, bias = _params(6, affine, torch.float32, 'cpu')
+    _opcheck_add(_randn(5, 6, device='cpu'), _randn(5, 6, dtype=torch.float16, device='cpu'), weight, bias,
+                 torch.float16)
+    _opcheck_add(_randn(5, 6, dtype=torch.float16, device='cpu'), _randn(5, 6, device='cpu'), weight, bias,
+                 torch.float32)  # s in branch's dtype
+
+
+@pytest.mark.parametrize('branch_dtype', [torch.float32, torch.float16])
+def test_add_opcheck_triton_path(force_triton, branch_dtype):
+    weight, bias = _params(6, 'weight_bias')
+    _opcheck_add(_randn(9, 6), _randn(9, 6, dtype=branch_dtype, seed=2), weight, bias, branch_dtype)
+
+
+def test_add_torch_compile_fullgraph():
+    """torch.compile traces the custom op (fake implementation, autograd registration): same values and gradients
+    as eager."""
+    residual = _randn(2, 5, 12, device='cpu')
+    branch = _randn(2, 5, 12, dtype=torch.bfloat16, device='cpu', seed=2)
+    weight, bias = _params(12, 'weight_bias', torch.float32, 'cpu')
+
+    def loss(*args):
+        s, y = add_layer_norm_last_dim(*args, EPS, torch.bfloat16)
+        return s.square().sum() + y.float().sin().sum()
+
+    eager = [t.detach().requires_grad_(True) for t in (residual, branch, weight, bias)]
+    compiled = [t.detach().requires_grad_(True) for t in (residual, branch, weight, bias)]
+    loss(*eager).backward()
+    torch.compile(loss, fullgraph=True, backend='aot_eager')(*compiled).backward()
+    for a, b in zip(compiled, eager):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-6, atol=1e-6)
+
+
+def test_add_dispatch(monkeypatch):
+    x = torch.empty(2, 48)
+    assert not ln._use_triton_add(x, x)  # CPU tensors: the reference
+    monkeypatch.setattr(ln, 'scan_backend', lambda device: 'triton')
+    assert ln._use_triton_add(x, x.half()) and ln._use_triton_add(x.bfloat16(), x.bfloat16())
+    assert not ln._use_triton_add(x, x.double()) and not ln._use_triton_add(x.double(), x)
+    big = torch.empty(2, ln._TRITON_MAX_CHANNELS + 1)
+    assert not ln._use_triton_add(big, big)
+
+
+def test_add_bad_inputs_are_named():
+    residual, w = torch.randn(2, 5, 8), torch.ones(8)
+    with pytest.raises(ValueError, match=r'add_layer_norm_last_dim: branch must have the shape of residual '
+                                         r'\(2, 5, 8\), got \(2, 5, 1\)'):
+        add_layer_norm_last_dim(residual, torch.randn(2, 5, 1), w, None)  # no broadcasting
+    with pytest.raises(TypeError, match='branch must be a floating tensor'):
+        add_layer_norm_last_dim(residual, torch.ones(2, 5, 8, dtype=torch.int32), w, None)
+    with pytest.raises(TypeError, match='branch must be a torch.Tensor'):
+        add_layer_norm_last_dim(residual, 1.0, w, None)
+    with pytest.raises(ValueError, match='branch is on meta but residual is on cpu'):
+        add_layer_norm_last_dim(residual, torch.randn(2, 5, 8, device='meta'), w, None)
+    with pytest.raises(TypeError, match='residual must be a floating tensor'):
+        add_layer_norm_last_dim(torch.ones(2, 8, dtype=torch.int64), torch.ones(2, 8), w, None)
+    with pytest.raises(ValueError, match=r'weight must be \(C=8,\) for residual of shape \(2, 5, 8\)'):
+        add_layer_norm_last_dim(residual, residual, torch.ones(7), None)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize('shape', [(128, 56, 56, 96), (128, 7, 7, 768)])
+def test_gpu_add_real_size(shape):
+    """VMamba-T stage sizes under AMP (fp32 residual stream, fp16 branch, fp16 y) on CUDA vs the fp64 reference,
+    forward and backward."""
+    residual = _randn(*shape, device='cuda')
+    branch = _randn(*shape, dtype=torch.float16, device='cuda', seed=2)
+    weight, bias = _params(shape[-1], 'weight_bias', torch.float32, 'cuda')
+    leaves = [t.detach().requires_grad_(True) for t in (residual, branch, weight, bias)]
+    s, y = add_layer_norm_last_dim(*leaves, EPS, torch.float16)
+    _assert_sum(s, residual, branch)
+    _assert_close(y, layer_norm_last_dim_ref(s, weight, bias, EPS, torch.float16), 1e-2)
+    grad_s, grad_y = _randn(*shape, device='cuda', seed=3), _randn(*shape, dtype=torch.float16, device='cuda', seed=4)
+    torch.autograd.backward((s, y), (grad_s, grad_y))
+    for leaf, ref in zip(leaves, _add_reference_grads(residual, branch, weight, bias, grad_s, grad_y)):
         _assert_close(leaf.grad, ref, 1e-2)

@@ -1,5 +1,6 @@
 """VMamba family: official-checkpoint parity, checkpoint conversion, SS2D against an explicit per-route loop,
-odd map sizes, scan patterns, precision policy and input errors. CPU, tiny models."""
+odd map sizes, scan patterns, precision policy, the block's fused residual add + norm2 against the unfused formula,
+and input errors. CPU, tiny models."""
 import json
 import math
 import re
@@ -11,7 +12,8 @@ import torch.nn.functional as F
 import timm
 import vmamba
 from vmamba.layers.ss2d import SS2D
-from vmamba.models.vmamba import PatchMerging, VMamba, build_from_official_kwargs, checkpoint_filter_fn
+from vmamba.models.vmamba import (
+    PatchMerging, VMamba, VMambaBlock, build_from_official_kwargs, checkpoint_filter_fn)
 
 # Official checkpoint stem -> our model name, and the parameter count recounted in shared/specs/vmamba.md §1.2.
 RELEASED = {
@@ -334,6 +336,36 @@ def test_ss2d_triton_inference_path_matches_training_path(monkeypatch, scan, hei
     torch.testing.assert_close(inferred, recorded.detach(), rtol=1e-5, atol=1e-5)
 
 
+def test_ss2d_triton_training_backward_matches_reference(monkeypatch):
+    """Training on the Triton path (the interpreter; N = 1, several scan chunks): _RoutesScan's forward keeps the
+    scan's chunk-start states, its backward runs no forward pre-pass, and all gradients equal the reference's."""
+    import importlib
+
+    from vmamba.kernels.triton import selective_scan as triton_scan
+    torch.manual_seed(0)
+    m = SS2D(16, d_state=1, channel_first=False, scan='cross')
+    x = torch.randn(2, 6, 7, 16)
+    weight = torch.randn(2, 6, 7, 16)
+
+    def grads():
+        x_leaf = x.clone().requires_grad_(True)
+        m.zero_grad()
+        (m(x_leaf) * weight).sum().backward()
+        return [x_leaf.grad] + [p.grad.clone() for p in m.parameters()]
+
+    expected = grads()  # CPU reference scan
+    for name in ('interface', 'routes', 'layer_norm', 'conv', 'gated_sum'):
+        monkeypatch.setattr(importlib.import_module(f'vmamba.kernels.{name}'), 'scan_backend', lambda d: 'triton')
+    launches = []
+    launch = triton_scan._launch_fwd
+    monkeypatch.setattr(triton_scan, '_launch_fwd',
+                        lambda *a, **k: launches.append(a[-1] is not None) or launch(*a, **k))
+    actual = grads()
+    assert launches == [True], 'one forward launch that keeps the chunk states, and no backward pre-pass'
+    for (name, _), a, e in zip([('x', None)] + list(m.named_parameters()), actual, expected):
+        torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-5, msg=name)
+
+
 def test_patch_merging_matches_explicit_loop():
     torch.manual_seed(0)
     merge = PatchMerging(3, 5, dtype=torch.float64)
@@ -476,6 +508,76 @@ def test_bf16_model_keeps_dtype():
     with torch.no_grad():
         out = model(torch.randn(1, 3, 32, 32, dtype=torch.bfloat16))
     assert out.dtype == torch.bfloat16 and torch.isfinite(out.float()).all()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The block's fused residual add + norm2 (LayerNormLastDim.add_forward) against the unfused formula
+
+def _unfused_block_forward(block, x):
+    """The VSS block as written in the official code: two residual adds, norm2 applied to the sum."""
+    x = x + block.drop_path(block.mixer(block.norm1(x)))
+    return x + block.drop_path(block.mlp(block.norm2(x)))
+
+
+@pytest.mark.parametrize('autocast', [False, True], ids=['fp32', 'autocast_bf16'])
+@pytest.mark.parametrize('drop_path', [0.0, 0.3])
+def test_block_fused_add_norm_matches_unfused_formula(autocast, drop_path):
+    """Training mode (DropPath active on both branches, same random masks): output and the gradients of the input
+    and of every parameter. Under CPU autocast the residual stream is fp32 and the mixer's output bf16."""
+    block = VMambaBlock(12, mlp_ratio=2.0, drop_path=drop_path, ssm_kwargs=dict(d_state=2, dt_rank=2)).train()
+    _perturb_(block)
+    assert {'norm2.weight', 'norm2.bias'} <= set(block.state_dict())
+    kept = []  # samples each DropPath call keeps
+    block.drop_path.register_forward_hook(lambda m, args, out: kept.append(int((out.flatten(1) != 0).any(1).sum())))
+    x = torch.randn(4, 5, 6, 12, requires_grad=True)
+    results = []
+    for forward in (block, lambda t: _unfused_block_forward(block, t)):
+        torch.manual_seed(3)
+        with torch.autocast('cpu', dtype=torch.bfloat16, enabled=autocast):
+            out = forward(x)
+        grads = torch.autograd.grad(out.float().square().sum(), [x, *block.parameters()])
+        results.append((out, grads))
+    assert kept == ([3, 3] if drop_path else [4, 4]) * 2  # both branches: dropped and kept samples
+    (fused, fused_grads), (unfused, unfused_grads) = results
+    assert fused.dtype == unfused.dtype == torch.float32
+    torch.testing.assert_close(fused, unfused, rtol=0, atol=0)
+    names = ['x'] + [n for n, _ in block.named_parameters()]
+    for name, a, b in zip(names, fused_grads, unfused_grads):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7, msg=name)
+
+
+def test_model_fused_add_norm_matches_unfused_formula(monkeypatch):
+    """test_vmamba in training mode: logits and every parameter gradient equal those of the unfused blocks, and the
+    fused path is the one that runs (norm2 is not called as a module)."""
+    model = timm.create_model('test_vmamba', num_classes=5, drop_path_rate=0.2).train()
+    _perturb_(model, scale=0.05)
+    norm2_calls = []
+    for block in (b for stage in model.stages for b in stage.blocks):
+        block.norm2.register_forward_hook(lambda *args: norm2_calls.append(1))
+    x = torch.randn(2, 3, 32, 32)
+
+    def run():
+        torch.manual_seed(0)
+        logits = model(x)
+        return logits, torch.autograd.grad(logits.square().sum(), list(model.parameters()))
+
+    fused, fused_grads = run()
+    assert not norm2_calls
+    monkeypatch.setattr(VMambaBlock, 'forward', _unfused_block_forward)
+    unfused, unfused_grads = run()
+    assert len(norm2_calls) == 5  # one per block
+    torch.testing.assert_close(fused, unfused, rtol=0, atol=0)
+    for (name, _), a, b in zip(model.named_parameters(), fused_grads, unfused_grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_block_without_mlp_keeps_plain_residual_add():
+    block = VMambaBlock(12, mlp_ratio=0, ssm_kwargs=dict(d_state=2)).eval()
+    _perturb_(block)
+    assert block.norm2 is None and block.mlp is None
+    x = torch.randn(2, 4, 5, 12)
+    with torch.no_grad():
+        torch.testing.assert_close(block(x), x + block.mixer(block.norm1(x)), rtol=0, atol=0)
 
 
 # ----------------------------------------------------------------------------------------------------------------

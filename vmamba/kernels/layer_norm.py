@@ -7,13 +7,18 @@ copies), the ``LayerNorm2d`` of VMamba's stem, downsamples and final norm::
     mean = mean_C(x);  var = mean_C((x - mean)^2)  (biased, like F.layer_norm);  rstd = 1 / sqrt(var + eps)
     y = (x - mean) * rstd * weight + bias
 
+:func:`add_layer_norm_last_dim`: ``residual``, ``branch (..., C)`` -> ``s = residual + branch`` (their promoted
+dtype, as PyTorch's add) and ``y`` = the LayerNorm of s, in one pass: the residual add in front of the second norm
+of a pre-norm block (``VMambaBlock``). Its backward adds the gradient of s from s's later uses to the LayerNorm's
+input gradient, in the same pass.
+
 Statistics and affine are computed in fp32 (fp64 for fp64 x); y is stored in ``out_dtype`` (default x's dtype),
 gradients in the dtype of their input. CUDA tensors with fp32/fp16/bf16 x and C <= 8192 run the Triton kernels of
 ``triton/layer_norm.py`` (many rows per program: PyTorch's CUDA kernel spends one thread block per row, ~10x its
 memory floor for the C = 48..192 maps of VMamba / EfficientVMamba). Everything else (other devices, fp64,
 C > 8192 whose rows are long enough for PyTorch's per-row kernel, ``VMAMBA_SCAN_BACKEND=reference``) runs
-``torch.native_layer_norm`` and its backward in the compute dtype. :func:`layer_norm_last_dim_ref` is the plain
-(autograd-differentiable) PyTorch spec the tests compare against.
+``torch.native_layer_norm`` and its backward in the compute dtype. :func:`layer_norm_last_dim_ref` and
+:func:`add_layer_norm_last_dim_ref` are the plain (autograd-differentiable) PyTorch specs the tests compare against.
 """
 from __future__ import annotations
 
@@ -27,7 +32,8 @@ from .interface import scan_backend
 from .layout import dispatch_through_custom_op, records_autograd
 
 __all__ = ['layer_norm_last_dim', 'layer_norm_last_dim_ref', 'layer_norm_last_dim_unchecked',
-           'layer_norm_channels_first', 'layer_norm_channels_first_unchecked']
+           'layer_norm_channels_first', 'layer_norm_channels_first_unchecked',
+           'add_layer_norm_last_dim', 'add_layer_norm_last_dim_ref', 'add_layer_norm_last_dim_unchecked']
 
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 _TRITON_MAX_CHANNELS = 8192  # = triton/layer_norm.py MAX_CHANNELS (not imported: triton loads lazily)
@@ -54,6 +60,14 @@ def layer_norm_last_dim_ref(x: Tensor, weight: Optional[Tensor], bias: Optional[
     dtype = _compute_dtype(x)
     y = F.layer_norm(x.to(dtype), (x.shape[-1],), _cast(weight, dtype), _cast(bias, dtype), eps)
     return y.to(out_dtype or x.dtype).contiguous()
+
+
+def add_layer_norm_last_dim_ref(residual: Tensor, branch: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
+                                eps: float = 1e-5, out_dtype: Optional[torch.dtype] = None) -> Tuple[Tensor, Tensor]:
+    """(..., C), (..., C), (C,) or None, (C,) or None -> s = residual + branch (..., C) contiguous in their promoted
+    dtype, y = :func:`layer_norm_last_dim_ref` of s (..., C) in ``out_dtype`` (default s's dtype)."""
+    s = (residual + branch).contiguous()
+    return s, layer_norm_last_dim_ref(s, weight, bias, eps, out_dtype)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -179,17 +193,138 @@ class _EagerLayerNorm(torch.autograd.Function):
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# Residual add + LayerNorm custom ops on (M, C) rows: residual and branch -> s = residual + branch (M, C) contiguous
+# in their promoted dtype, y = LayerNorm(s) (M, C) contiguous in out_dtype, mean, rstd (M,) of s. The backward takes
+# the gradients of y and of s (s is the new residual stream, used again later) and returns d_residual, d_branch (the
+# same sum in branch's dtype; empty when that is residual's dtype: d_branch is d_residual), dweight, dbias.
+
+def _use_triton_add(residual: Tensor, branch: Tensor) -> bool:
+    return _use_triton(residual) and branch.dtype in (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _add_forward_impl(residual: Tensor, branch: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
+                      eps: float, out_dtype: torch.dtype) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    if _use_triton_add(residual, branch):
+        from .triton.layer_norm import add_layer_norm_fwd
+        return add_layer_norm_fwd(residual, branch, weight, bias, eps, out_dtype)
+    s = (residual + branch).contiguous()
+    y, mean, rstd = _forward_impl(s, weight, bias, eps, out_dtype)
+    return s, y, mean, rstd
+
+
+_add_layer_norm_op = torch.library.custom_op('vmamba::add_layer_norm_last_dim', mutates_args=())(_add_forward_impl)
+
+
+def _add_output_impl(residual: Tensor, branch: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
+                     eps: float, out_dtype: torch.dtype) -> Tuple[Tensor, Tensor]:
+    """s and y alone, for calls without a backward: the Triton kernel then does not store the row statistics."""
+    if _use_triton_add(residual, branch):
+        from .triton.layer_norm import add_layer_norm_fwd
+        return add_layer_norm_fwd(residual, branch, weight, bias, eps, out_dtype, store_stats=False)[:2]
+    s = (residual + branch).contiguous()
+    return s, _output_impl(s, weight, bias, eps, out_dtype)
+
+
+@_add_layer_norm_op.register_fake
+def _add_layer_norm_fake(residual, branch, weight, bias, eps, out_dtype):
+    s_dtype = torch.promote_types(residual.dtype, branch.dtype)
+    stats = torch.float64 if s_dtype == torch.float64 else torch.float32
+    rows = residual.shape[0]
+    return (residual.new_empty(residual.shape, dtype=s_dtype), residual.new_empty(residual.shape, dtype=out_dtype),
+            residual.new_empty((rows,), dtype=stats), residual.new_empty((rows,), dtype=stats))
+
+
+def _add_backward_impl(grad_y: Tensor, grad_s: Tensor, s: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
+                       mean: Tensor, rstd: Tensor, residual_dtype: torch.dtype,
+                       branch_dtype: torch.dtype) -> List[Tensor]:
+    """Returns [d_residual (M, C), d_branch (M, C) or empty, dweight (C,) or empty, dbias (C,) or empty]."""
+    if _use_triton(s):
+        from .triton.layer_norm import add_layer_norm_bwd
+        d_residual, d_branch, dweight, dbias = add_layer_norm_bwd(grad_y, grad_s, s, weight, bias, mean, rstd,
+                                                                  residual_dtype, branch_dtype)
+    else:
+        dtype = _compute_dtype(s)
+        num_rows, channels = s.shape
+        with torch.autocast(s.device.type, enabled=False), torch.no_grad():
+            dx, dweight, dbias = torch.ops.aten.native_layer_norm_backward(
+                grad_y.to(dtype), s.to(dtype), [channels], mean.view(num_rows, 1), rstd.view(num_rows, 1),
+                _cast(weight, dtype), _cast(bias, dtype), [True, weight is not None, bias is not None])
+            d_sum = dx + grad_s.to(dtype)
+        d_residual = d_sum.to(residual_dtype)
+        d_branch = None if branch_dtype == residual_dtype else d_sum.to(branch_dtype)
+        dweight = None if weight is None else dweight.to(weight.dtype)
+        dbias = None if bias is None else dbias.to(bias.dtype)
+    return [d_residual, *(s.new_empty((0,)) if t is None else t for t in (d_branch, dweight, dbias))]
+
+
+_add_layer_norm_backward_op = torch.library.custom_op('vmamba::add_layer_norm_last_dim_backward',
+                                                      mutates_args=())(_add_backward_impl)
+
+
+@_add_layer_norm_backward_op.register_fake
+def _add_layer_norm_backward_fake(grad_y, grad_s, s, weight, bias, mean, rstd, residual_dtype, branch_dtype):
+    return [s.new_empty(s.shape, dtype=residual_dtype),
+            s.new_empty((0,)) if branch_dtype == residual_dtype else s.new_empty(s.shape, dtype=branch_dtype),
+            s.new_empty((0,)) if weight is None else weight.new_empty(weight.shape),
+            s.new_empty((0,)) if bias is None else bias.new_empty(bias.shape)]
+
+
+def _add_grads(d_residual: Tensor, d_branch: Tensor, dweight: Tensor, dbias: Tensor, weight: Optional[Tensor],
+               bias: Optional[Tensor], branch_dtype: torch.dtype):
+    """The backward op's outputs -> the gradients of (residual, branch, weight, bias, eps, out_dtype)."""
+    return (d_residual, d_residual if d_residual.dtype == branch_dtype else d_branch,
+            dweight if weight is not None else None, dbias if bias is not None else None, None, None)
+
+
+def _add_setup_context(ctx, inputs, output):
+    residual, branch, weight, bias, eps, out_dtype = inputs
+    s, _, mean, rstd = output
+    ctx.mark_non_differentiable(mean, rstd)
+    ctx.save_for_backward(s, weight, bias, mean, rstd)
+    ctx.dtypes = (residual.dtype, branch.dtype)
+
+
+def _add_backward(ctx, grad_s, grad_y, grad_mean, grad_rstd):
+    s, weight, bias, mean, rstd = ctx.saved_tensors
+    grads = torch.ops.vmamba.add_layer_norm_last_dim_backward(
+        grad_y.contiguous(), grad_s.contiguous(), s, weight, bias, mean, rstd, *ctx.dtypes)
+    return _add_grads(*grads, weight, bias, ctx.dtypes[1])
+
+
+_add_layer_norm_op.register_autograd(_add_backward, setup_context=_add_setup_context)
+
+
+class _EagerAddLayerNorm(torch.autograd.Function):
+    """The residual add + LayerNorm custom ops' implementation without the custom-op dispatch (see
+    :class:`_EagerLayerNorm`)."""
+
+    @staticmethod
+    def forward(ctx, residual, branch, weight, bias, eps, out_dtype):
+        s, y, mean, rstd = _add_forward_impl(residual, branch, weight, bias, eps, out_dtype)
+        ctx.save_for_backward(s, weight, bias, mean, rstd)
+        ctx.dtypes = (residual.dtype, branch.dtype)
+        return s, y
+
+    @staticmethod
+    def backward(ctx, grad_s, grad_y):
+        s, weight, bias, mean, rstd = ctx.saved_tensors
+        grads = _add_backward_impl(grad_y.contiguous(), grad_s.contiguous(), s, weight, bias, mean, rstd,
+                                   *ctx.dtypes)
+        return _add_grads(*grads, weight, bias, ctx.dtypes[1])
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # Validation and the public function
 
-def _validate(x, weight, bias, out_dtype, op='layer_norm_last_dim', channel_dim=-1) -> None:
+def _validate(x, weight, bias, out_dtype, op='layer_norm_last_dim', channel_dim=-1, x_name='x') -> None:
     if not isinstance(x, Tensor):
-        raise TypeError(f'{op}: x must be a torch.Tensor, got {type(x).__name__}')
+        raise TypeError(f'{op}: {x_name} must be a torch.Tensor, got {type(x).__name__}')
     if x.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f'{op}: x must be a floating tensor (fp32/fp16/bf16/fp64), got {x.dtype}')
+        raise TypeError(f'{op}: {x_name} must be a floating tensor (fp32/fp16/bf16/fp64), got {x.dtype}')
     if channel_dim == -1 and (x.dim() == 0 or x.shape[-1] == 0):
-        raise ValueError(f'{op}: x must be (..., C) with C >= 1, got shape {tuple(x.shape)}')
+        raise ValueError(f'{op}: {x_name} must be (..., C) with C >= 1, got shape {tuple(x.shape)}')
     if channel_dim == 1 and (x.dim() < 2 or x.shape[1] == 0):
-        raise ValueError(f'{op}: x must be (B, C, *spatial) with C >= 1, got shape {tuple(x.shape)}')
+        raise ValueError(f'{op}: {x_name} must be (B, C, *spatial) with C >= 1, got shape {tuple(x.shape)}')
     channels = x.shape[channel_dim]
     for name, t in (('weight', weight), ('bias', bias)):
         if t is None:
@@ -199,10 +334,11 @@ def _validate(x, weight, bias, out_dtype, op='layer_norm_last_dim', channel_dim=
         if t.dtype not in _FLOAT_DTYPES:
             raise TypeError(f'{op}: {name} must be a floating tensor, got {t.dtype}')
         if tuple(t.shape) != (channels,):
-            raise ValueError(f'{op}: {name} must be (C={channels},) for x of shape {tuple(x.shape)}, '
+            raise ValueError(f'{op}: {name} must be (C={channels},) for {x_name} of shape {tuple(x.shape)}, '
                              f'got {tuple(t.shape)}')
         if t.device != x.device:
-            raise ValueError(f'{op}: {name} is on {t.device} but x is on {x.device}; put all inputs on one device')
+            raise ValueError(f'{op}: {name} is on {t.device} but {x_name} is on {x.device}; put all inputs on one '
+                             f'device')
     if out_dtype is not None and out_dtype not in _FLOAT_DTYPES:
         raise TypeError(f'{op}: out_dtype must be one of fp32/fp16/bf16/fp64 or None, got {out_dtype}')
 
@@ -249,6 +385,53 @@ def _apply(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: flo
     if not records_autograd(*args[:3]):
         return _output_impl(*args)
     return _EagerLayerNorm.apply(*args)
+
+
+def add_layer_norm_last_dim(residual: Tensor, branch: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
+                            eps: float = 1e-5, out_dtype: Optional[torch.dtype] = None) -> Tuple[Tensor, Tensor]:
+    """Residual add and LayerNorm over the last dim in one pass: ``s = residual + branch``, ``y = LayerNorm(s)``
+    (what ``s = residual + branch; y = layer_norm_last_dim(s, weight, bias, eps, out_dtype)`` computes).
+
+    Args:
+        residual, branch: (..., C) of one shape, fp32/fp16/bf16/fp64 (dtypes may differ, e.g. an fp32 residual
+            stream and an fp16 branch under autocast). Read in place when :func:`layer_norm_last_dim` would read x
+            in place (each with its own row stride); copied otherwise.
+        weight, bias, eps: as :func:`layer_norm_last_dim`.
+        out_dtype: dtype of y; default s's dtype.
+    Returns:
+        s (..., C) contiguous in ``promote_types(residual.dtype, branch.dtype)``, y (..., C) contiguous in
+        ``out_dtype``. Gradients (of y and of s, the new residual stream): d_residual in residual's dtype, d_branch
+        in branch's dtype, dweight / dbias in their own dtypes.
+    """
+    op = 'add_layer_norm_last_dim'
+    _validate(residual, weight, bias, out_dtype, op=op, x_name='residual')
+    if not isinstance(branch, Tensor):
+        raise TypeError(f'{op}: branch must be a torch.Tensor, got {type(branch).__name__}')
+    if branch.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f'{op}: branch must be a floating tensor (fp32/fp16/bf16/fp64), got {branch.dtype}')
+    if branch.shape != residual.shape:
+        raise ValueError(f'{op}: branch must have the shape of residual {tuple(residual.shape)}, '
+                         f'got {tuple(branch.shape)}')
+    if branch.device != residual.device:
+        raise ValueError(f'{op}: branch is on {branch.device} but residual is on {residual.device}; put all inputs '
+                         f'on one device')
+    return add_layer_norm_last_dim_unchecked(residual, branch, weight, bias, eps, out_dtype)
+
+
+def add_layer_norm_last_dim_unchecked(residual: Tensor, branch: Tensor, weight: Optional[Tensor],
+                                      bias: Optional[Tensor], eps: float = 1e-5,
+                                      out_dtype: Optional[torch.dtype] = None) -> Tuple[Tensor, Tensor]:
+    """:func:`add_layer_norm_last_dim` without its input validation (see :func:`layer_norm_last_dim_unchecked`)."""
+    args = (_rows(residual), _rows(branch), None if weight is None else weight.contiguous(),
+            None if bias is None else bias.contiguous(), float(eps),
+            out_dtype or torch.promote_types(residual.dtype, branch.dtype))
+    if dispatch_through_custom_op(residual):
+        s, y = torch.ops.vmamba.add_layer_norm_last_dim(*args)[:2]
+    elif not records_autograd(*args[:4]):
+        s, y = _add_output_impl(*args)
+    else:
+        s, y = _EagerAddLayerNorm.apply(*args)
+    return s.view(residual.shape), y.view(residual.shape)
 
 
 def layer_norm_channels_first(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: float = 1e-5,

@@ -2,16 +2,19 @@
 LayerNorms of channels-last and NCHW maps on the Triton kernel (``vmamba/kernels/layer_norm.py``)."""
 from __future__ import annotations
 
+from typing import Tuple
+
 import torch
 import torch.nn.functional as F
-from timm.layers import register_notrace_module
+from timm.layers import register_notrace_function, register_notrace_module
 from torch import nn
 
-from vmamba.kernels.layer_norm import layer_norm_channels_first_unchecked, layer_norm_last_dim_unchecked
+from vmamba.kernels.layer_norm import (
+    add_layer_norm_last_dim_unchecked, layer_norm_channels_first_unchecked, layer_norm_last_dim_unchecked)
 
 from .packing import autocast_dtype
 
-__all__ = ['LayerNorm2d', 'LayerNorm2dFp32', 'LayerNormFp32', 'LayerNormLastDim']
+__all__ = ['LayerNorm2d', 'LayerNorm2dFp32', 'LayerNormFp32', 'LayerNormLastDim', 'add_layer_norm']
 
 
 class LayerNorm2dFp32(nn.LayerNorm):
@@ -72,8 +75,34 @@ class LayerNormLastDim(nn.LayerNorm):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_channels(self, x)
-        out_dtype = (autocast_dtype(x.device.type) if x.dtype != torch.float64 else None) or x.dtype
-        return layer_norm_last_dim_unchecked(x, self.weight, self.bias, self.eps, out_dtype=out_dtype)
+        return layer_norm_last_dim_unchecked(x, self.weight, self.bias, self.eps,
+                                             out_dtype=_result_dtype(x.device.type, x.dtype))
+
+    def add_forward(self, residual: torch.Tensor, branch: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``s = residual + branch`` and ``y = self(s)`` in one pass (one Triton kernel on CUDA, forward and
+        backward): residual, branch (..., C) of one shape and device -> s (..., C) in their promoted dtype (as
+        ``residual + branch``), y (..., C) in the dtype :meth:`forward` gives for s."""
+        _check_channels(self, residual)
+        if branch.shape != residual.shape or not branch.is_floating_point() or branch.device != residual.device:
+            raise ValueError(f'{type(self).__name__}({self.normalized_shape[0]}).add_forward expects a floating '
+                             f'branch of the residual\'s shape {tuple(residual.shape)} on {residual.device}, got '
+                             f'{branch.dtype} of shape {tuple(branch.shape)} on {branch.device}')
+        out_dtype = _result_dtype(residual.device.type, torch.promote_types(residual.dtype, branch.dtype))
+        return add_layer_norm_last_dim_unchecked(residual, branch, self.weight, self.bias, self.eps, out_dtype)
+
+
+def _result_dtype(device_type: str, dtype: torch.dtype) -> torch.dtype:
+    """dtype of :class:`LayerNormLastDim`'s result for an input of ``dtype``: the autocast dtype under autocast on
+    ``device_type`` (fp64 excepted), else ``dtype``."""
+    return (autocast_dtype(device_type) if dtype != torch.float64 else None) or dtype
+
+
+@register_notrace_function  # custom op with dtype logic: a call_function node in torch.fx graphs
+def add_layer_norm(residual: torch.Tensor, branch: torch.Tensor,
+                   norm: LayerNormLastDim) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``norm.add_forward(residual, branch)``: (..., C), (..., C) -> s = residual + branch, y = norm(s). A function
+    so that torch.fx feature extraction keeps it as one node (a module method would be traced through)."""
+    return norm.add_forward(residual, branch)
 
 
 @register_notrace_module

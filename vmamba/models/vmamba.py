@@ -50,7 +50,7 @@ from timm.layers import DropPath, get_act_layer
 from timm.models import generate_default_cfgs, register_model
 
 from vmamba.layers.mlp import RecomputeActMlp
-from vmamba.layers.norm import LayerNorm2d, LayerNormLastDim
+from vmamba.layers.norm import LayerNorm2d, LayerNormLastDim, add_layer_norm
 from vmamba.layers.patch import PatchMerging, PatchStem
 from vmamba.layers.ss2d import SS2D
 from vmamba.official import register_official
@@ -105,7 +105,9 @@ class ConvDownsample(nn.Module):
 class VMambaBlock(nn.Module):
     """VSS block: ``x + drop_path(mixer(norm1(x)))`` and, if ``mlp_ratio > 0``, ``x + drop_path(mlp(norm2(x)))``.
 
-    Channels-last: (B, H, W, C) -> (B, H, W, C). ``ssm_kwargs`` go to :class:`~vmamba.layers.ss2d.SS2D`.
+    Channels-last: (B, H, W, C) -> (B, H, W, C). ``ssm_kwargs`` go to :class:`~vmamba.layers.ss2d.SS2D`. With an
+    MLP, the first residual add and ``norm2`` run as one op (:func:`~vmamba.layers.norm.add_layer_norm`, one Triton
+    kernel on CUDA): ``norm2`` keeps its parameters but is not called as a module (its forward hooks do not run).
     """
 
     def __init__(
@@ -133,10 +135,11 @@ class VMambaBlock(nn.Module):
             self.mlp = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path(self.mixer(self.norm1(x)))
-        if self.mlp is not None:
-            x = x + self.drop_path(self.mlp(self.norm2(x)))
-        return x
+        branch = self.drop_path(self.mixer(self.norm1(x)))
+        if self.mlp is None:
+            return x + branch
+        x, y = add_layer_norm(x, branch, self.norm2)  # x + branch and norm2 of it in one pass
+        return x + self.drop_path(self.mlp(y))
 
 
 class VMambaStage(HierarchicalStage):

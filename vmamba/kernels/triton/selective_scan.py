@@ -682,7 +682,6 @@ class ScanConfig:
     block_l: int
     num_warps: int = 4
     channel_blocks: int = 1
-    num_stages: Optional[int] = None  # Triton's software pipelining depth (None: Triton's default)
 
 
 def default_config(kind: str, num_states: int, length: int, channels_per_group: int) -> ScanConfig:
@@ -702,7 +701,7 @@ def default_config(kind: str, num_states: int, length: int, channels_per_group: 
     if kind == 'fwd':
         return ScanConfig(block_d=1, block_l=min(512, max(32, next_power_of_2(length) // block_n)), num_warps=1)
     if block_n == 1:
-        return ScanConfig(block_d=1, block_l=256, num_warps=2)
+        return ScanConfig(block_d=1, block_l=128, num_warps=1)
     return ScanConfig(block_d=1, block_l=max(16, 256 // block_n), num_warps=1)
 
 
@@ -718,10 +717,6 @@ def _resolve(config: ScanConfig, num_states: int, local_window: int, length: int
         chunk = block_l
     block_d = config.block_d if block_n == 1 else 1  # tile rows are channels (N == 1) or one channel's states
     return block_d, block_n, block_l, chunk
-
-
-def _stages(config: ScanConfig) -> dict:
-    return {} if config.num_stages is None else {'num_stages': config.num_stages}
 
 
 def _direction_runs(reverse: Sequence[bool]) -> List[Tuple[int, int, bool]]:
@@ -775,7 +770,6 @@ def _launch_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, lo
             DELTA_SOFTPLUS=bool(delta_softplus), REVERSE=bool(is_reversed), LOCAL_WINDOW=int(local_window),
             WRITE_OUTPUT=write_output, WRITE_CHUNK_STATES=chunk_states is not None,
             BLOCK_D=block_d, BLOCK_N=block_n, BLOCK_L=block_l, CHUNK=chunk, num_warps=config.num_warps,
-            **_stages(config),
         )
 
 
@@ -1069,7 +1063,6 @@ def selective_scan_bwd(
             HAS_GRAD_LAST_STATE=grad_last_state is not None, HAS_CHUNK_STATES=chunk_states is not None,
             ATOMIC_BC=atomic_bc, SINGLE_CHUNK=num_chunks == 1, CHANNEL_BLOCKS=channel_blocks,
             BLOCK_D=block_d, BLOCK_N=block_n, BLOCK_L=block_l, CHUNK=chunk, num_warps=config.num_warps,
-            **_stages(config),
         )
 
     return _finish_grads(du, ddelta, dz, dB, dC, dA_partial, dD_partial, dbias_partial, B.dtype)
