@@ -138,8 +138,13 @@ class _RoutesScan(torch.autograd.Function):
                 if need_x_proj:
                     grad_x_proj = torch.matmul(d_x_dbl, xs.transpose(-1, -2)).sum(0)  # (K, R + 2N, D)
                 if need_tokens:
-                    dxs = torch.matmul(x_proj_weight.transpose(-1, -2), d_x_dbl).add_(du.view_as(xs))
-                    grad_tokens = merge_routes(dxs, index, inverse, width)  # the gather's adjoint
+                    # dxs = x_proj^T @ d_x_dbl + du: one batched GEMM that accumulates into du (beta = 1), over
+                    # (batch * route) with the route weights repeated per batch element (a small copy).
+                    batch, num_routes, channels, length = xs.shape
+                    weight_t = x_proj_weight.transpose(-1, -2).expand(batch, -1, -1, -1)
+                    dxs = du.view(batch * num_routes, channels, length).baddbmm_(
+                        weight_t.reshape(batch * num_routes, channels, -1), d_x_dbl.flatten(0, 1))
+                    grad_tokens = merge_routes(dxs.view_as(xs), index, inverse, width)  # the gather's adjoint
         return (grad_tokens, grad_x_proj, grad_dt_proj, dA, dD, ddelta_bias, None, None, None, None, None)
 
 
