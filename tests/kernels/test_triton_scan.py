@@ -146,6 +146,9 @@ def run_case(batch, channels, length, num_states, groups, *, reverse, local_wind
         pytest.param(2, 6, 19, 3, 2, (True, False), 0, False, True, True, False, id='N3-G2-L19-nosoftplus'),
         pytest.param(1, 2, 45, 4, 1, False, 20, True, True, True, True, id='N4-L45-W20-wide-window'),
         pytest.param(1, 2, 13, 4, 1, True, 64, True, True, True, True, id='N4-L13-W64-window-covers-L'),
+        # L % 4 == 0 (VMamba stage 3: 14 x 14): rows and chunk starts are hinted 4-aligned (vector loads on GPU)
+        pytest.param(1, 4, 196, 1, 2, (False, True), 0, False, True, True, True, id='N1-G2-L196-align4'),
+        pytest.param(1, 2, 100, 4, 1, True, 4, True, True, True, True, id='N4-L100-W4-align4'),
     ])
 def test_fwd_bwd_fp32(batch, channels, length, num_states, groups, reverse, local_window, z, D, delta_bias,
                       delta_softplus):

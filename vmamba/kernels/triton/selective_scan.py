@@ -17,6 +17,7 @@ See ``README.md`` next to this file for the recurrences.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import List, Optional, Sequence, Tuple
 
@@ -111,6 +112,7 @@ def _selective_scan_fwd_kernel(
         REVERSE: tl.constexpr, LOCAL_WINDOW: tl.constexpr,
         WRITE_OUTPUT: tl.constexpr, WRITE_CHUNK_STATES: tl.constexpr,
         BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr, CHUNK: tl.constexpr,
+        ALIGN: tl.constexpr,
 ):
     """One program: BLOCK_D channels (group program_id(1) + group_offset, batch program_id(2)) x all states.
 
@@ -144,8 +146,9 @@ def _selective_scan_fwd_kernel(
     else:
         delta_bias = tl.zeros([BLOCK_D], dtype=tl.float32)
 
-    seq_row = (batch * channels + chan) * length  # (BLOCK_D,) start of each channel's sequence
-    bc_row = ((batch * num_groups + group) * num_states + offs_n) * length  # (BLOCK_N,)
+    # Rows and chunk starts are multiples of ALIGN (which divides L and CHUNK): loads of ALIGN positions vectorise.
+    seq_row = tl.multiple_of((batch * channels + chan) * length, ALIGN)  # (BLOCK_D,) start of each sequence
+    bc_row = tl.multiple_of(((batch * num_groups + group) * num_states + offs_n) * length, ALIGN)  # (BLOCK_N,)
     if REVERSE:
         carry_lane = 0  # lane that holds the state after the chunk's last scanned step
     else:
@@ -154,9 +157,9 @@ def _selective_scan_fwd_kernel(
     state = tl.zeros([ROWS], dtype=tl.float32)
     for chunk in range(num_chunks):
         if REVERSE:
-            start = length - (chunk + 1) * CHUNK
+            start = tl.multiple_of(length - (chunk + 1) * CHUNK, ALIGN)
         else:
-            start = chunk * CHUNK
+            start = tl.multiple_of(chunk * CHUNK, ALIGN)
         pos = start + lane
         mask_l = (lane < CHUNK) & (pos >= 0) & (pos < length)
         if WRITE_CHUNK_STATES:
@@ -314,6 +317,7 @@ def _selective_scan_bwd_kernel(
         HAS_GRAD_LAST_STATE: tl.constexpr, HAS_CHUNK_STATES: tl.constexpr,
         ATOMIC_BC: tl.constexpr, SINGLE_CHUNK: tl.constexpr, CHANNEL_BLOCKS: tl.constexpr,
         BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr, CHUNK: tl.constexpr,
+        ALIGN: tl.constexpr,
 ):
     """One program: CHANNEL_BLOCKS x BLOCK_D channels of one group and batch element, one block after the other
     (tiles as in the forward kernel).
@@ -330,7 +334,8 @@ def _selective_scan_bwd_kernel(
     rows = tl.arange(0, ROWS)
     row_n = rows % BLOCK_N
     lane = tl.arange(0, BLOCK_L)
-    bc_row = ((batch * num_groups + group) * num_states + offs_n) * length
+    # Rows and chunk starts are multiples of ALIGN (which divides L and CHUNK): loads of ALIGN positions vectorise.
+    bc_row = tl.multiple_of(((batch * num_groups + group) * num_states + offs_n) * length, ALIGN)
     if REVERSE:
         first_lane = CHUNK - 1  # lane of the chunk's first scanned step (always a valid position)
         step = -1  # memory offset of the next position in scan order
@@ -360,7 +365,7 @@ def _selective_scan_bwd_kernel(
             delta_bias = tl.load(delta_bias_ptr + chan, mask=mask_d, other=0.0)
         else:
             delta_bias = tl.zeros([BLOCK_D], dtype=tl.float32)
-        seq_row = (batch * channels + chan) * length
+        seq_row = tl.multiple_of((batch * channels + chan) * length, ALIGN)
 
         # Adjoint flowing into a chunk from the later chunk (in scan order): a_{t+1} * dL/dh_{t+1}.
         if HAS_GRAD_LAST_STATE:
@@ -375,9 +380,9 @@ def _selective_scan_bwd_kernel(
         for i in range(num_chunks):
             chunk = num_chunks - 1 - i
             if REVERSE:
-                start = length - (chunk + 1) * CHUNK
+                start = tl.multiple_of(length - (chunk + 1) * CHUNK, ALIGN)
             else:
-                start = chunk * CHUNK
+                start = tl.multiple_of(chunk * CHUNK, ALIGN)
             pos = start + lane
             mask_l = (lane < CHUNK) & (pos >= 0) & (pos < length)
             mask_dl = mask_d[:, None] & mask_l[None, :]
@@ -769,7 +774,8 @@ def _launch_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, lo
             HAS_D=D is not None, HAS_Z=z is not None, HAS_DELTA_BIAS=delta_bias is not None,
             DELTA_SOFTPLUS=bool(delta_softplus), REVERSE=bool(is_reversed), LOCAL_WINDOW=int(local_window),
             WRITE_OUTPUT=write_output, WRITE_CHUNK_STATES=chunk_states is not None,
-            BLOCK_D=block_d, BLOCK_N=block_n, BLOCK_L=block_l, CHUNK=chunk, num_warps=config.num_warps,
+            BLOCK_D=block_d, BLOCK_N=block_n, BLOCK_L=block_l, CHUNK=chunk, ALIGN=math.gcd(length, chunk, 16),
+            num_warps=config.num_warps,
         )
 
 
@@ -1062,7 +1068,8 @@ def selective_scan_bwd(
             DELTA_SOFTPLUS=bool(delta_softplus), REVERSE=bool(is_reversed), LOCAL_WINDOW=local_window,
             HAS_GRAD_LAST_STATE=grad_last_state is not None, HAS_CHUNK_STATES=chunk_states is not None,
             ATOMIC_BC=atomic_bc, SINGLE_CHUNK=num_chunks == 1, CHANNEL_BLOCKS=channel_blocks,
-            BLOCK_D=block_d, BLOCK_N=block_n, BLOCK_L=block_l, CHUNK=chunk, num_warps=config.num_warps,
+            BLOCK_D=block_d, BLOCK_N=block_n, BLOCK_L=block_l, CHUNK=chunk, ALIGN=math.gcd(length, chunk, 16),
+            num_warps=config.num_warps,
         )
 
     return _finish_grads(du, ddelta, dz, dB, dC, dA_partial, dD_partial, dbias_partial, B.dtype)
