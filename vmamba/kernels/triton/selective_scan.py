@@ -317,7 +317,6 @@ def _selective_scan_bwd_kernel(
         HAS_GRAD_LAST_STATE: tl.constexpr, HAS_CHUNK_STATES: tl.constexpr,
         ATOMIC_BC: tl.constexpr, SINGLE_CHUNK: tl.constexpr, CHANNEL_BLOCKS: tl.constexpr,
         BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr, CHUNK: tl.constexpr,
-        ALIGN: tl.constexpr,
 ):
     """One program: CHANNEL_BLOCKS x BLOCK_D channels of one group and batch element, one block after the other
     (tiles as in the forward kernel).
@@ -334,8 +333,9 @@ def _selective_scan_bwd_kernel(
     rows = tl.arange(0, ROWS)
     row_n = rows % BLOCK_N
     lane = tl.arange(0, BLOCK_L)
-    # Rows and chunk starts are multiples of ALIGN (which divides L and CHUNK): loads of ALIGN positions vectorise.
-    bc_row = tl.multiple_of(((batch * num_groups + group) * num_states + offs_n) * length, ALIGN)
+    # No alignment hints here (unlike the forward): with rows hinted 4-aligned the backward ran 2x slower at L 196
+    # on H100 (benchmarks/results/v11/run4).
+    bc_row = ((batch * num_groups + group) * num_states + offs_n) * length
     if REVERSE:
         first_lane = CHUNK - 1  # lane of the chunk's first scanned step (always a valid position)
         step = -1  # memory offset of the next position in scan order
@@ -365,7 +365,7 @@ def _selective_scan_bwd_kernel(
             delta_bias = tl.load(delta_bias_ptr + chan, mask=mask_d, other=0.0)
         else:
             delta_bias = tl.zeros([BLOCK_D], dtype=tl.float32)
-        seq_row = tl.multiple_of((batch * channels + chan) * length, ALIGN)
+        seq_row = (batch * channels + chan) * length
 
         # Adjoint flowing into a chunk from the later chunk (in scan order): a_{t+1} * dL/dh_{t+1}.
         if HAS_GRAD_LAST_STATE:
@@ -380,9 +380,9 @@ def _selective_scan_bwd_kernel(
         for i in range(num_chunks):
             chunk = num_chunks - 1 - i
             if REVERSE:
-                start = tl.multiple_of(length - (chunk + 1) * CHUNK, ALIGN)
+                start = length - (chunk + 1) * CHUNK
             else:
-                start = tl.multiple_of(chunk * CHUNK, ALIGN)
+                start = chunk * CHUNK
             pos = start + lane
             mask_l = (lane < CHUNK) & (pos >= 0) & (pos < length)
             mask_dl = mask_d[:, None] & mask_l[None, :]
@@ -705,8 +705,8 @@ def default_config(kind: str, num_states: int, length: int, channels_per_group: 
         return ScanConfig(block_d=32, block_l=4, num_warps=1)
     if kind == 'fwd':
         return ScanConfig(block_d=1, block_l=min(512, max(32, next_power_of_2(length) // block_n)), num_warps=1)
-    if block_n == 1:
-        return ScanConfig(block_d=1, block_l=128, num_warps=1)
+    if block_n == 1:  # (1, 128, 1) at L 3136, (1, 64, 1) at L 196: 7% faster than 128 there (v11/run2..run4)
+        return ScanConfig(block_d=1, block_l=128 if length % 16 == 0 else 64, num_warps=1)
     return ScanConfig(block_d=1, block_l=max(16, 256 // block_n), num_warps=1)
 
 
@@ -1068,8 +1068,7 @@ def selective_scan_bwd(
             DELTA_SOFTPLUS=bool(delta_softplus), REVERSE=bool(is_reversed), LOCAL_WINDOW=local_window,
             HAS_GRAD_LAST_STATE=grad_last_state is not None, HAS_CHUNK_STATES=chunk_states is not None,
             ATOMIC_BC=atomic_bc, SINGLE_CHUNK=num_chunks == 1, CHANNEL_BLOCKS=channel_blocks,
-            BLOCK_D=block_d, BLOCK_N=block_n, BLOCK_L=block_l, CHUNK=chunk, ALIGN=math.gcd(length, chunk, 16),
-            num_warps=config.num_warps,
+            BLOCK_D=block_d, BLOCK_N=block_n, BLOCK_L=block_l, CHUNK=chunk, num_warps=config.num_warps,
         )
 
     return _finish_grads(du, ddelta, dz, dB, dC, dA_partial, dD_partial, dbias_partial, B.dtype)
