@@ -705,8 +705,10 @@ def default_config(kind: str, num_states: int, length: int, channels_per_group: 
         return ScanConfig(block_d=32, block_l=4, num_warps=1)
     if kind == 'fwd':
         return ScanConfig(block_d=1, block_l=min(512, max(32, next_power_of_2(length) // block_n)), num_warps=1)
-    if block_n == 1:  # (1, 128, 1) at L 3136, (1, 64, 1) at L 196: 7% faster than 128 there (v11/run2..run4)
-        return ScanConfig(block_d=1, block_l=128 if length % 16 == 0 else 64, num_warps=1)
+    if block_n == 1:  # 1 channel x 128 positions at L 3136; 2 x 64 at L 196 (rows not 16-aligned): v11/run2..run7
+        if length % 16 == 0:
+            return ScanConfig(block_d=1, block_l=128, num_warps=1)
+        return ScanConfig(block_d=2, block_l=64, num_warps=1)
     return ScanConfig(block_d=1, block_l=max(16, 256 // block_n), num_warps=1)
 
 
