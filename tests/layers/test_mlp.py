@@ -70,3 +70,95 @@ def test_dropout_between_act_and_fc2_takes_the_plain_path():
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.shape) or t, lambda t: t):
         mlp(torch.randn(2, 3, 12, requires_grad=True))
     assert saved.count((2, 3, 40)) >= 2
+
+
+def _run_some(mlp, x, weight, frozen=(), x_grad=True):
+    """Output and the gradients of x (if ``x_grad``) and of the parameters not named in ``frozen``."""
+    for name, p in mlp.named_parameters():
+        p.requires_grad_(name not in frozen)
+    x = x.detach().requires_grad_(x_grad)
+    y = mlp(x)
+    leaves = ([x] if x_grad else []) + [p for p in mlp.parameters() if p.requires_grad]
+    return [y.detach()] + list(torch.autograd.grad((y.float() * weight).sum(), leaves))
+
+
+@pytest.mark.parametrize('frozen, x_grad', [
+    pytest.param(('fc1.weight', 'fc1.bias'), True, id='frozen-fc1'),
+    pytest.param((), False, id='x-without-grad'),
+    pytest.param(('fc1.weight', 'fc1.bias'), False, id='only-fc2-trains'),
+    pytest.param(('fc1.bias', 'fc2.weight'), True, id='frozen-fc1-bias-fc2-weight'),
+])
+def test_frozen_parameters_and_inputs_fp64(frozen, x_grad):
+    ours, plain = _pair(True, torch.float64)
+    x = torch.randn(3, 5, 12, dtype=torch.float64)
+    weight = torch.randn(3, 5, 12)
+    a, b = _run_some(ours, x, weight, frozen, x_grad), _run_some(plain, x, weight, frozen, x_grad)
+    assert len(a) == len(b)
+    for u, v in zip(a, b):
+        torch.testing.assert_close(u, v, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize('bias', [True, False])
+def test_channels_last_maps_fp64(bias):
+    """(B, H, W, C) maps, here a channels-last view of an NCHW tensor (not contiguous)."""
+    ours, plain = _pair(bias, torch.float64)
+    x = torch.randn(2, 12, 4, 3, dtype=torch.float64).permute(0, 2, 3, 1)
+    weight = torch.randn(2, 4, 3, 12)
+    a, b = _run(ours, x, weight), _run(plain, x, weight)
+    assert a[1].shape == x.shape
+    for u, v in zip(a, b):
+        torch.testing.assert_close(u, v, rtol=1e-12, atol=1e-12)
+
+
+@pytest.fixture
+def triton_gelu(monkeypatch):
+    """The fused GELU backward on the Triton path (the interpreter without CUDA); yields the list of its calls."""
+    from vmamba.kernels import gelu as gelu_module
+    from vmamba.kernels.triton import gelu as triton_gelu_module
+    calls = []
+    kernel = triton_gelu_module.gelu_recompute_bwd
+
+    def spy(*args):
+        calls.append(args)
+        return kernel(*args)
+    monkeypatch.setattr(gelu_module, 'scan_backend', lambda device: 'triton')
+    monkeypatch.setattr(triton_gelu_module, 'gelu_recompute_bwd', spy)
+    return calls
+
+
+@pytest.mark.parametrize('approximate', ['none', 'tanh'])
+@pytest.mark.parametrize('bias', [True, False])
+def test_triton_gelu_backward_matches_timm_mlp_fp32(triton_gelu, bias, approximate):
+    """70 rows x 40 hidden: several row programs and a masked column block in the interpreter."""
+    ours, plain = _pair(bias, act_layer=functools.partial(torch.nn.GELU, approximate=approximate))
+    x = torch.randn(2, 5, 7, 12)
+    weight = torch.randn(2, 5, 7, 12)
+    a, b = _run(ours, x, weight), _run(plain, x, weight)
+    assert len(triton_gelu) == 1
+    for u, v in zip(a, b):
+        torch.testing.assert_close(u, v, rtol=1e-5, atol=1e-5)
+
+
+def test_triton_gelu_backward_under_autocast(triton_gelu):
+    """bf16 autocast on the fused path: the result and gradient dtypes of the plain Mlp, values to bf16 rounding."""
+    ours, plain = _pair()
+    x = torch.randn(4, 7, 12)
+    weight = torch.randn(4, 7, 12)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        a = _run(ours, x, weight)
+        b = _run(plain, x, weight)
+    assert len(triton_gelu) == 1
+    for u, v in zip(a, b):
+        assert u.dtype == v.dtype
+        torch.testing.assert_close(u, v, rtol=2e-2, atol=2e-2)
+
+
+def test_triton_gelu_backward_skipped_when_only_fc2_trains(triton_gelu):
+    ours, plain = _pair()
+    x = torch.randn(3, 5, 12)
+    weight = torch.randn(3, 5, 12)
+    frozen = ('fc1.weight', 'fc1.bias')
+    a, b = _run_some(ours, x, weight, frozen, False), _run_some(plain, x, weight, frozen, False)
+    assert not triton_gelu
+    for u, v in zip(a, b):
+        torch.testing.assert_close(u, v, rtol=1e-5, atol=1e-5)
