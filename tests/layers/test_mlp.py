@@ -139,6 +139,19 @@ def test_triton_gelu_backward_matches_timm_mlp_fp32(triton_gelu, bias, approxima
         torch.testing.assert_close(u, v, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize('act_layer, approximate', [('gelu', 'none'), ('gelu_tanh', 'tanh')])
+def test_triton_gelu_backward_with_timm_activations(triton_gelu, act_layer, approximate):
+    """timm's GELU modules (what ``get_act_layer('gelu')`` gives the VMamba blocks) take the fused path too."""
+    from timm.layers import get_act_layer
+    ours, plain = _pair(act_layer=get_act_layer(act_layer))
+    x = torch.randn(3, 5, 12)
+    weight = torch.randn(3, 5, 12)
+    a, b = _run(ours, x, weight), _run(plain, x, weight)
+    assert len(triton_gelu) == 1 and triton_gelu[0][2] == approximate
+    for u, v in zip(a, b):
+        torch.testing.assert_close(u, v, rtol=1e-5, atol=1e-5)
+
+
 def test_triton_gelu_backward_under_autocast(triton_gelu):
     """bf16 autocast on the fused path: the result and gradient dtypes of the plain Mlp, values to bf16 rounding."""
     ours, plain = _pair()

@@ -3,7 +3,7 @@
 A ``fc1 -> act -> fc2`` MLP keeps two hidden-sized (4C) tensors for the backward: fc1's output (the activation's
 input) and the activation's output (fc2's input). :class:`RecomputeActMlp` keeps only the first and recomputes the
 activation when fc2's gradients are needed: VMamba-T's training activations shrink by ~20%. The whole MLP is one
-autograd Function, so that for ``nn.GELU`` on CUDA one Triton pass (``vmamba.kernels.gelu``) recomputes the
+autograd Function, so that for GELU (PyTorch's or timm's) on CUDA one Triton pass (``vmamba.kernels.gelu``) recomputes the
 activation, applies its derivative and sums fc1's bias gradient, where autograd ran three. Same parameters and
 state-dict keys as ``timm.layers.Mlp``, same math (fc1's forward hooks do not run); the plain path runs where
 recomputation would not be exact or useful (dropout between act and fc2, a hidden norm, convolutional fc1 / fc2,
@@ -16,6 +16,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from timm.layers import Mlp
+from timm.layers.activations import GELU, GELUTanh
 from torch import nn
 
 from vmamba.kernels.gelu import fused_gelu_backward_available, gelu_recompute_backward
@@ -31,11 +32,23 @@ def _autocast_to(t: Optional[torch.Tensor], dtype: Optional[torch.dtype]) -> Opt
     return t.to(dtype)
 
 
+def _gelu_approximation(act: nn.Module) -> Optional[str]:
+    """'none' (erf) or 'tanh' for the GELU modules of PyTorch and timm (``timm.layers.GELU`` / ``GELUTanh``, what
+    ``get_act_layer('gelu')`` gives), None for any other activation."""
+    if isinstance(act, nn.GELU):
+        return act.approximate
+    if type(act) is GELU:
+        return 'none'
+    if type(act) is GELUTanh:
+        return 'tanh'
+    return None
+
+
 class _RecomputeMlp(torch.autograd.Function):
     """``linear(act(linear(x, w1, b1)), w2, b2)`` saving x and fc1's output h, not ``act(h)``; all tensors in one
     dtype. x (..., C), w1 (H, C), b1 (H,) or None, w2 (O, H), b2 (O,) or None -> (..., O).
 
-    The backward recomputes ``a = act(h)``: for ``nn.GELU`` on the Triton path one fused pass gives a, grad_h and
+    The backward recomputes ``a = act(h)``: for GELU (:func:`_gelu_approximation`) on the Triton path one fused pass gives a, grad_h and
     fc1's bias gradient (``vmamba.kernels.gelu``); otherwise autograd through ``act`` and a column sum."""
 
     @staticmethod
@@ -57,8 +70,8 @@ class _RecomputeMlp(torch.autograd.Function):
         if not (needs_x or needs_w1 or needs_b1):  # only fc2's parameters train
             with torch.no_grad():
                 a = ctx.act(h)
-        elif isinstance(ctx.act, nn.GELU) and fused_gelu_backward_available(h):
-            a, grad_h, grad_b1 = gelu_recompute_backward(h, grad_out @ w2, ctx.act.approximate)
+        elif _gelu_approximation(ctx.act) is not None and fused_gelu_backward_available(h):
+            a, grad_h, grad_b1 = gelu_recompute_backward(h, grad_out @ w2, _gelu_approximation(ctx.act))
             grad_b1 = grad_b1.to(h.dtype) if needs_b1 else None
         else:
             h = h.detach().requires_grad_(True)
