@@ -20,8 +20,8 @@ import torch
 import vmamba  # noqa: F401
 import timm
 
-_TRITON_MODULES = ('conv', 'gated_sum', 'layer_norm', 'routes', 'selective_scan')
-_BACKEND_USERS = ('interface', 'conv', 'gated_sum', 'layer_norm', 'routes')
+_TRITON_MODULES = ('conv', 'gated_sum', 'gelu', 'layer_norm', 'routes', 'selective_scan')
+_BACKEND_USERS = ('interface', 'conv', 'gated_sum', 'gelu', 'layer_norm', 'routes')
 
 
 class _StubKernel:
