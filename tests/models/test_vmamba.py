@@ -13,7 +13,7 @@ import timm
 import vmamba
 from vmamba.layers.ss2d import SS2D
 from vmamba.models.vmamba import (
-    PatchMerging, VMamba, VMambaBlock, build_from_official_kwargs, checkpoint_filter_fn)
+    PatchMerging, VMamba, VMambaBlock, VMambaStage, build_from_official_kwargs, checkpoint_filter_fn)
 
 # Official checkpoint stem -> our model name, and the parameter count recounted in shared/specs/vmamba.md §1.2.
 RELEASED = {
@@ -546,26 +546,35 @@ def test_block_fused_add_norm_matches_unfused_formula(autocast, drop_path):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7, msg=name)
 
 
-def test_model_fused_add_norm_matches_unfused_formula(monkeypatch):
-    """test_vmamba in training mode: logits and every parameter gradient equal those of the unfused blocks, and the
-    fused path is the one that runs (norm2 is not called as a module)."""
+@pytest.mark.parametrize('grad_checkpointing', [False, True])
+def test_model_fused_add_norm_matches_unfused_formula(monkeypatch, grad_checkpointing):
+    """test_vmamba in training mode: logits and every parameter gradient equal those of the unfused blocks run one
+    after the other, and the fused path is the one that runs: norm2 is never called as a module, and norm1 only by
+    a stage's first block when the stage chains its blocks (each block's last add then runs in the next norm1)."""
     model = timm.create_model('test_vmamba', num_classes=5, drop_path_rate=0.2).train()
+    model.set_grad_checkpointing(grad_checkpointing)
     _perturb_(model, scale=0.05)
-    norm2_calls = []
+    calls = {'norm1': [], 'norm2': []}
     for block in (b for stage in model.stages for b in stage.blocks):
-        block.norm2.register_forward_hook(lambda *args: norm2_calls.append(1))
+        block.norm1.register_forward_hook(lambda *args: calls['norm1'].append(1))
+        block.norm2.register_forward_hook(lambda *args: calls['norm2'].append(1))
     x = torch.randn(2, 3, 32, 32)
 
     def run():
+        for hook_calls in calls.values():
+            hook_calls.clear()
         torch.manual_seed(0)
         logits = model(x)
-        return logits, torch.autograd.grad(logits.square().sum(), list(model.parameters()))
+        forward_calls = {name: len(hook_calls) for name, hook_calls in calls.items()}  # not the recomputation
+        return logits, torch.autograd.grad(logits.square().sum(), list(model.parameters())), forward_calls
 
-    fused, fused_grads = run()
-    assert not norm2_calls
+    num_blocks = sum(len(stage.blocks) for stage in model.stages)
+    fused, fused_grads, fused_calls = run()
+    assert fused_calls == {'norm1': num_blocks if grad_checkpointing else len(model.stages), 'norm2': 0}
     monkeypatch.setattr(VMambaBlock, 'forward', _unfused_block_forward)
-    unfused, unfused_grads = run()
-    assert len(norm2_calls) == 5  # one per block
+    monkeypatch.setattr(VMambaStage, 'run_blocks', lambda stage, x: stage.blocks(x))
+    unfused, unfused_grads, unfused_calls = run()
+    assert unfused_calls == {'norm1': num_blocks, 'norm2': num_blocks}
     torch.testing.assert_close(fused, unfused, rtol=0, atol=0)
     for (name, _), a, b in zip(model.named_parameters(), fused_grads, unfused_grads):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7, msg=name)

@@ -73,10 +73,14 @@ class HierarchicalStage(nn.Module):
         if self.grad_checkpointing and not torch.jit.is_scripting():
             x = checkpoint_seq(self.blocks, x)
         else:
-            x = self.blocks(x)
+            x = self.run_blocks(x)
         if self.channels_last_blocks:
             x = x.permute(0, 3, 1, 2)
         return x
+
+    def run_blocks(self, x: torch.Tensor) -> torch.Tensor:
+        """The blocks without gradient checkpointing (a family may chain them more cheaply than one by one)."""
+        return self.blocks(x)
 
 
 class HierarchicalMixin:

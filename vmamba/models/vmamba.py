@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Any, Dict, Mapping, Optional, Sequence, Type, Union
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Type, Union
 
 import torch
 from torch import nn
@@ -108,6 +108,8 @@ class VMambaBlock(nn.Module):
     Channels-last: (B, H, W, C) -> (B, H, W, C). ``ssm_kwargs`` go to :class:`~vmamba.layers.ss2d.SS2D`. With an
     MLP, the first residual add and ``norm2`` run as one op (:func:`~vmamba.layers.norm.add_layer_norm`, one Triton
     kernel on CUDA): ``norm2`` keeps its parameters but is not called as a module (its forward hooks do not run).
+    :class:`VMambaStage` chains its blocks through :meth:`forward_deferred`, which also moves each block's last
+    residual add into the next block's ``norm1`` (called as a module only by a stage's first block).
     """
 
     def __init__(
@@ -135,11 +137,23 @@ class VMambaBlock(nn.Module):
             self.mlp = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        branch = self.drop_path(self.mixer(self.norm1(x)))
+        x, pending = self.forward_deferred(x)
+        return x + pending
+
+    def forward_deferred(self, x: torch.Tensor, pending: Optional[torch.Tensor] = None,
+                         ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The block on ``x + pending`` (the previous block's last residual branch, not yet added) without its own
+        last residual add: returns (residual, branch) with block output = residual + branch. Each add runs inside
+        the next LayerNorm (:func:`~vmamba.layers.norm.add_layer_norm`): x, pending (B, H, W, C)."""
+        if pending is None:
+            y = self.norm1(x)
+        else:
+            x, y = add_layer_norm(x, pending, self.norm1)
+        branch = self.drop_path(self.mixer(y))
         if self.mlp is None:
-            return x + branch
+            return x, branch
         x, y = add_layer_norm(x, branch, self.norm2)  # x + branch and norm2 of it in one pass
-        return x + self.drop_path(self.mlp(y))
+        return x, self.drop_path(self.mlp(y))
 
 
 class VMambaStage(HierarchicalStage):
@@ -176,6 +190,15 @@ class VMambaStage(HierarchicalStage):
         blocks = [VMambaBlock(dim_out, drop_path=drop_path[j], norm_eps=norm_eps, **(block_kwargs or {}), **dd)
                   for j in range(depth)]
         super().__init__(downsample_layer, blocks, channels_last_blocks=True)
+
+    def run_blocks(self, x: torch.Tensor) -> torch.Tensor:
+        """The blocks chained with each residual add inside the next block's first LayerNorm
+        (:meth:`VMambaBlock.forward_deferred`): (B, H, W, C) -> (B, H, W, C), the same values as one block after
+        the other."""
+        pending = None
+        for block in self.blocks:
+            x, pending = block.forward_deferred(x, pending)
+        return x if pending is None else x + pending
 
 
 class VMamba(HierarchicalMixin, nn.Module):
