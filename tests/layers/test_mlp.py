@@ -17,6 +17,11 @@ def _pair(bias=True, dtype=torch.float32, act_layer=torch.nn.GELU):
     return ours, plain
 
 
+def _run_pair_bf16_autocast(ours, plain, x, weight):
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        return _run(ours, x, weight), _run(plain, x, weight)
+
+
 def _run(mlp, x, weight):
     x = x.detach().requires_grad_(True)
     y = mlp(x)
@@ -49,9 +54,7 @@ def test_same_under_autocast_and_activation_not_saved():
     ours, plain = _pair()
     x = torch.randn(4, 7, 12)
     weight = torch.randn(4, 7, 12)
-    with torch.autocast('cpu', dtype=torch.bfloat16):
-        a = _run(ours, x, weight)
-        b = _run(plain, x, weight)
+    a, b = _run_pair_bf16_autocast(ours, plain, x, weight)
     assert a[0].dtype == torch.bfloat16
     for u, v in zip(a, b):
         assert u.dtype == v.dtype
@@ -157,9 +160,7 @@ def test_triton_gelu_backward_under_autocast(triton_gelu):
     ours, plain = _pair()
     x = torch.randn(4, 7, 12)
     weight = torch.randn(4, 7, 12)
-    with torch.autocast('cpu', dtype=torch.bfloat16):
-        a = _run(ours, x, weight)
-        b = _run(plain, x, weight)
+    a, b = _run_pair_bf16_autocast(ours, plain, x, weight)
     assert len(triton_gelu) == 1
     for u, v in zip(a, b):
         assert u.dtype == v.dtype

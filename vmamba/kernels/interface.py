@@ -7,6 +7,7 @@ reference (``vmamba/kernels/reference.py``). ``VMAMBA_SCAN_BACKEND=reference`` f
 """
 from __future__ import annotations
 
+import functools
 import os
 from typing import List, Optional, Sequence, Tuple, Union
 
@@ -166,7 +167,7 @@ def selective_scan_no_autograd(u, delta, A, B, C, D, z, delta_bias, delta_softpl
     less than the scan's inputs for the backward (``vmamba/layers/ss2d.py``). ``reverse``: G bools;
     ``local_window``: 0 = off. ``save_chunk_states``: return (out, chunk_states), the scan states at the chunk
     starts of the Triton backward (None where it would not use them: reference backend, step kernels, one chunk),
-    small (1/256 of u for N = 1), for :func:`selective_scan_input_grads` to skip its forward pre-pass."""
+    small (one state per 64-128 positions for N = 1), for :func:`selective_scan_input_grads` to skip its forward pre-pass."""
     if save_chunk_states and scan_backend(u.device) == 'triton':
         out, _, chunk_states = _triton_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse,
                                                local_window, out_dtype, save_chunk_states=True)
@@ -182,10 +183,8 @@ def selective_scan_input_grads(grad_out, u, delta, A, B, C, D, z, delta_bias, de
     (None for absent inputs), from the same kernels as :func:`selective_scan`'s backward. ``chunk_states``: that
     forward's ``save_chunk_states`` result for the same inputs, or None."""
     tensors = (u, delta, A, B, C, D, z, delta_bias)
-    if scan_backend(u.device) == 'triton':
-        grads = _triton_backward(grad_out, None, *tensors, delta_softplus, reverse, local_window, chunk_states)
-    else:
-        grads = _reference_backward(grad_out, None, tensors, delta_softplus, reverse, local_window)
+    grads = _backward_grads(grad_out, None, tensors, delta_softplus, reverse, local_window,
+                            functools.partial(_triton_backward, chunk_states=chunk_states))
     return [None if t is None else g for g, t in zip(grads, tensors)]
 
 

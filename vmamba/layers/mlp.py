@@ -67,11 +67,12 @@ class _RecomputeMlp(torch.autograd.Function):
         grad_out = grad_out.reshape(-1, grad_out.shape[-1])  # (M, O)
         h = h.reshape(-1, h.shape[-1])  # (M, H)
         grad_h = grad_b1 = None
+        approximation = _gelu_approximation(ctx.act)
         if not (needs_x or needs_w1 or needs_b1):  # only fc2's parameters train
             with torch.no_grad():
                 a = ctx.act(h)
-        elif _gelu_approximation(ctx.act) is not None and fused_gelu_backward_available(h):
-            a, grad_h, grad_b1 = gelu_recompute_backward(h, grad_out @ w2, _gelu_approximation(ctx.act))
+        elif approximation is not None and fused_gelu_backward_available(h):
+            a, grad_h, grad_b1 = gelu_recompute_backward(h, grad_out @ w2, approximation)
             grad_b1 = grad_b1.to(h.dtype) if needs_b1 else None
         else:
             h = h.detach().requires_grad_(True)

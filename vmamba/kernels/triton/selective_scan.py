@@ -964,11 +964,10 @@ def selective_scan_fwd(
     if config is None:
         config = default_config('fwd', num_states, length, per_group)
     if save_chunk_states and not _uses_step_kernels(num_states, local_window):
-        backward_chunk = _resolve(default_config('bwd', num_states, length, per_group), num_states, local_window,
-                                  length)[3]
-        num_chunks = cdiv(length, backward_chunk)
+        backward_config = default_config('bwd', num_states, length, per_group)
+        num_chunks = cdiv(length, _resolve(backward_config, num_states, local_window, length)[3])
         if num_chunks > 1:
-            config = replace(config, block_l=default_config('bwd', num_states, length, per_group).block_l)
+            config = replace(config, block_l=backward_config.block_l)
             chunk_states = torch.empty((batch, channels, num_chunks, num_states), device=u.device,
                                        dtype=torch.float32)
     # The chunked kernels read and write contiguous (batch, channels, L) rows.
