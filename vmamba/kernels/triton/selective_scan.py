@@ -207,40 +207,78 @@ def _selective_scan_fwd_kernel(
 
 
 @triton.jit
+def _step_position(i, length, reverse):
+    """Sequence index of scan step ``i`` of a group that scans forward (``reverse`` 0) or from the end (1)."""
+    return i + reverse * (length - 1 - 2 * i)
+
+
+@triton.jit
+def _step_block_loads(chunk, length, mask_d, mask_n, u_ptrs, delta_ptrs, B_ptrs, C_ptrs, z_ptrs,
+                      su_l, sdt_l, sB_l, sC_l, sz_l,
+                      reverse, HAS_Z: tl.constexpr, WITH_C: tl.constexpr, STEPS: tl.constexpr):
+    """Raw inputs of the STEPS positions of block ``chunk`` of a step kernel, in their storage dtypes:
+    tuples (u, delta, B, C, z) of STEPS vectors ((BLOCK_D,) channels or (BLOCK_N,) states); positions past the
+    end load as 0. C and z are empty tuples when not needed (``WITH_C`` False: the backward's pre-pass).
+    ``reverse`` (0 or 1, run time): the group scans from the end."""
+    us = ()
+    deltas = ()
+    Bs = ()
+    Cs = ()
+    zs = ()
+    for j in tl.static_range(STEPS):
+        i = chunk * STEPS + j
+        t = _step_position(i, length, reverse)
+        valid = i < length
+        mask = mask_d & valid
+        us = us + (tl.load(u_ptrs + t * su_l, mask=mask, other=0.0),)
+        deltas = deltas + (tl.load(delta_ptrs + t * sdt_l, mask=mask, other=0.0),)
+        Bs = Bs + (tl.load(B_ptrs + t * sB_l, mask=mask_n & valid, other=0.0),)
+        if WITH_C:
+            Cs = Cs + (tl.load(C_ptrs + t * sC_l, mask=mask_n & valid, other=0.0),)
+            if HAS_Z:
+                zs = zs + (tl.load(z_ptrs + t * sz_l, mask=mask, other=0.0),)
+    return us, deltas, Bs, Cs, zs
+
+
+@triton.jit
 def _selective_scan_fwd_step_kernel(
         u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, delta_bias_ptr, out_ptr, last_state_ptr,
         chunk_states_ptr,
-        length, channels, channels_per_group, num_groups, num_states, num_chunks, group_offset,
+        length, channels, channels_per_group, num_groups, num_chunks, group_offset, reverse_bits,
         su_b, su_c, su_l, sdt_b, sdt_c, sdt_l, sz_b, sz_c, sz_l, so_b, so_c, so_l,
         sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l,
         HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DELTA_BIAS: tl.constexpr, DELTA_SOFTPLUS: tl.constexpr,
-        REVERSE: tl.constexpr, WRITE_OUTPUT: tl.constexpr, WRITE_CHUNK_STATES: tl.constexpr,
-        BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, STEPS: tl.constexpr,
+        WRITE_OUTPUT: tl.constexpr, WRITE_CHUNK_STATES: tl.constexpr,
+        NUM_STATES: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, STEPS: tl.constexpr,
 ):
     """Step-by-step forward for N > 1 without LB window: a (BLOCK_N states, BLOCK_D channels) state tile walks the
-    sequence one position at a time (no cross-lane scan). The walk is unrolled by STEPS positions: all loads of a
-    block of STEPS positions are issued before its recurrence runs, which hides their latency. A reversed group
-    visits the positions from the end by index arithmetic. A (channels, N) is read in place into the transposed
-    (N, BLOCK_D) tile (once per program).
+    sequence one position at a time (no cross-lane scan). The walk is unrolled by STEPS positions, and the loads of
+    the next block are issued before the current block's recurrence runs (software pipelining). Every group's
+    direction is a bit of ``reverse_bits`` (run time), so both directions of a bidirectional scan share one launch;
+    a reversed group visits the positions from the end by index arithmetic. A (channels, N) is read in place into
+    the transposed (N, BLOCK_D) tile (once per program). NUM_STATES is a compile-time constant: with the state
+    stride known, the state tile is read and written 16 bytes at a time, which makes Triton lay out 4 states per
+    thread (the sum over states is then mostly in-thread).
     Sequence tensors are addressed through their strides (``s<name>_b/c/l``; B and C: ``_b/g/n/l``), so token-major
     views (memory (batch, L, channels), Vim) load a position's channels with one contiguous access.
 
     Also the backward's pre-pass (WRITE_OUTPUT False, WRITE_CHUNK_STATES True): stores the state before each block of
-    STEPS scanned positions to ``chunk_states`` (batch, num_chunks, N, channels): contiguous along channels like
-    the state tile, so that it keeps one register layout."""
+    STEPS scanned positions to ``chunk_states`` (batch, num_chunks, channels, N): contiguous along states like A
+    and the state tile, so that the backward keeps one register layout."""
     pid_d = tl.program_id(0)
     group = tl.program_id(1).to(tl.int64) + group_offset
+    reverse = (reverse_bits >> tl.program_id(1)) & 1  # this group scans from the end
     batch = tl.program_id(2).to(tl.int64)
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     mask_d = offs_d < channels_per_group
     chan = group * channels_per_group + offs_d.to(tl.int64)
     offs_n = tl.arange(0, BLOCK_N)
-    mask_n = offs_n < num_states
+    mask_n = offs_n < NUM_STATES
     mask_nd = mask_n[:, None] & mask_d[None, :]
     row_seq = batch * channels + chan  # (BLOCK_D,) (b, c) index of each channel
-    state_offs = row_seq[None, :] * num_states + offs_n[:, None]  # (BLOCK_N, BLOCK_D) into (batch, channels, N)
+    state_offs = row_seq[None, :] * NUM_STATES + offs_n[:, None]  # (BLOCK_N, BLOCK_D) into (batch, channels, N)
 
-    A2 = tl.load(A_ptr + chan[None, :] * num_states + offs_n[:, None], mask=mask_nd, other=0.0) * 1.4426950408889634
+    A2 = tl.load(A_ptr + chan[None, :] * NUM_STATES + offs_n[:, None], mask=mask_nd, other=0.0) * 1.4426950408889634
     if HAS_D:
         D = tl.load(D_ptr + chan, mask=mask_d, other=0.0)
     if HAS_DELTA_BIAS:
@@ -253,52 +291,39 @@ def _selective_scan_fwd_step_kernel(
     C_row = batch * sC_b + group * sC_g + offs_n * sC_n
 
     h = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    # Software pipelining: the raw inputs of block ``chunk + 1`` are loaded while block ``chunk`` runs (the
+    # loads past the last block are masked off), so a program waits for memory once, not once per block.
+    block = _step_block_loads(0, length, mask_d, mask_n, u_ptr + u_row, delta_ptr + dt_row, B_ptr + B_row,
+                              C_ptr + C_row, z_ptr + z_row, su_l, sdt_l, sB_l, sC_l, sz_l,
+                              reverse, HAS_Z, WRITE_OUTPUT, STEPS)
     for chunk in range(num_chunks):
         if WRITE_CHUNK_STATES:
-            tl.store(chunk_states_ptr + ((batch * num_chunks + chunk) * num_states + offs_n[:, None]) * channels
-                     + chan[None, :], h, mask=mask_nd)
-        # Loads of the whole block first (positions past the end: dt = 0, so the state passes unchanged).
-        ts = ()
-        dts = ()
-        dtus = ()
-        us = ()
-        Bs = ()
-        Cs = ()
-        zs = ()
+            tl.store(chunk_states_ptr + ((batch * num_chunks + chunk) * channels + chan[None, :]) * NUM_STATES
+                     + offs_n[:, None], h, mask=mask_nd)
+        us, deltas, Bs, Cs, zs = block
+        block = _step_block_loads(chunk + 1, length, mask_d, mask_n, u_ptr + u_row, delta_ptr + dt_row,
+                                  B_ptr + B_row, C_ptr + C_row, z_ptr + z_row, su_l, sdt_l, sB_l, sC_l, sz_l,
+                                  reverse, HAS_Z, WRITE_OUTPUT, STEPS)
         for j in tl.static_range(STEPS):
             i = chunk * STEPS + j
-            if REVERSE:
-                t = length - 1 - i
-            else:
-                t = i
-            valid = i < length
-            mask = mask_d & valid
-            u = tl.load(u_ptr + u_row + t * su_l, mask=mask, other=0.0).to(tl.float32)
-            dt = tl.load(delta_ptr + dt_row + t * sdt_l, mask=mask, other=0.0).to(tl.float32)
+            mask = mask_d & (i < length)
+            u = us[j].to(tl.float32)
+            dt = deltas[j].to(tl.float32)
             if HAS_DELTA_BIAS:
                 dt += delta_bias
             if DELTA_SOFTPLUS:
                 dt = _softplus(dt)
-            dt = tl.where(mask, dt, 0.0)
-            ts = ts + (t,)
-            dts = dts + (dt,)
-            dtus = dtus + (dt * u,)
-            us = us + (u,)
-            Bs = Bs + (tl.load(B_ptr + B_row + t * sB_l, mask=mask_n & valid, other=0.0).to(tl.float32),)
+            dt = tl.where(mask, dt, 0.0)  # positions past the end: dt = 0, so the state passes unchanged
+            h = tl.exp2(dt[None, :] * A2) * h + Bs[j].to(tl.float32)[:, None] * (dt * u)[None, :]
             if WRITE_OUTPUT:
-                Cs = Cs + (tl.load(C_ptr + C_row + t * sC_l, mask=mask_n & valid, other=0.0).to(tl.float32),)
-                if HAS_Z:
-                    zs = zs + (tl.load(z_ptr + z_row + t * sz_l, mask=mask, other=0.0).to(tl.float32),)
-        for j in tl.static_range(STEPS):
-            h = tl.exp2(dts[j][None, :] * A2) * h + Bs[j][:, None] * dtus[j][None, :]
-            if WRITE_OUTPUT:
-                y = tl.sum(h * Cs[j][:, None], axis=0)
+                y = tl.sum(h * Cs[j].to(tl.float32)[:, None], axis=0)
                 if HAS_D:
-                    y += D * us[j]
+                    y += D * u
                 if HAS_Z:
-                    y *= zs[j] * tl.sigmoid(zs[j])
-                tl.store(out_ptr + out_row + ts[j] * so_l, y.to(out_ptr.dtype.element_ty),
-                         mask=mask_d & (chunk * STEPS + j < length))
+                    z = zs[j].to(tl.float32)
+                    y *= z * tl.sigmoid(z)
+                t = _step_position(i, length, reverse)
+                tl.store(out_ptr + out_row + t * so_l, y.to(out_ptr.dtype.element_ty), mask=mask)
     if WRITE_OUTPUT:
         tl.store(last_state_ptr + state_offs, h, mask=mask_nd)
 
@@ -525,13 +550,13 @@ def _selective_scan_bwd_step_kernel(
         grad_out_ptr, grad_last_state_ptr, chunk_states_ptr,
         u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, delta_bias_ptr,
         du_ptr, ddelta_ptr, dz_ptr, dB_ptr, dC_ptr, dA_partial_ptr, dD_partial_ptr, ddelta_bias_partial_ptr,
-        length, channels, channels_per_group, num_groups, num_states, num_chunks, group_offset,
+        length, channels, channels_per_group, num_groups, num_chunks, group_offset, reverse_bits,
         su_b, su_c, su_l, sdt_b, sdt_c, sdt_l, sz_b, sz_c, sz_l, sg_b, sg_c, sg_l,
         sdu_b, sdu_c, sdu_l, sddt_b, sddt_c, sddt_l, sdz_b, sdz_c, sdz_l,
         sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l, sdB_b, sdB_g, sdB_n, sdB_l, sdC_b, sdC_g, sdC_n, sdC_l,
         HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DELTA_BIAS: tl.constexpr, DELTA_SOFTPLUS: tl.constexpr,
-        REVERSE: tl.constexpr, HAS_GRAD_LAST_STATE: tl.constexpr, ATOMIC_BC: tl.constexpr,
-        BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, STEPS: tl.constexpr,
+        HAS_GRAD_LAST_STATE: tl.constexpr, ATOMIC_BC: tl.constexpr,
+        NUM_STATES: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, STEPS: tl.constexpr,
 ):
     """Step-by-step backward for N > 1 without LB window, on the (BLOCK_N, BLOCK_D) tile of the step forward.
 
@@ -542,17 +567,18 @@ def _selective_scan_bwd_step_kernel(
     addressed through their strides, as in the step forward."""
     pid_d = tl.program_id(0)
     group = tl.program_id(1).to(tl.int64) + group_offset
+    reverse = (reverse_bits >> tl.program_id(1)) & 1  # this group scans from the end
     batch = tl.program_id(2).to(tl.int64)
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     mask_d = offs_d < channels_per_group
     chan = group * channels_per_group + offs_d.to(tl.int64)
     offs_n = tl.arange(0, BLOCK_N)
-    mask_n = offs_n < num_states
+    mask_n = offs_n < NUM_STATES
     mask_nd = mask_n[:, None] & mask_d[None, :]
     row_seq = batch * channels + chan
-    state_offs = row_seq[None, :] * num_states + offs_n[:, None]
+    state_offs = row_seq[None, :] * NUM_STATES + offs_n[:, None]
 
-    A = tl.load(A_ptr + chan[None, :] * num_states + offs_n[:, None], mask=mask_nd, other=0.0)  # (BLOCK_N, BLOCK_D)
+    A = tl.load(A_ptr + chan[None, :] * NUM_STATES + offs_n[:, None], mask=mask_nd, other=0.0)  # (BLOCK_N, BLOCK_D)
     A2 = A * 1.4426950408889634
     if HAS_D:
         D = tl.load(D_ptr + chan, mask=mask_d, other=0.0)
@@ -583,17 +609,14 @@ def _selective_scan_bwd_step_kernel(
 
     for k in range(num_chunks):
         chunk = num_chunks - 1 - k
-        h = tl.load(chunk_states_ptr + ((batch * num_chunks + chunk) * num_states + offs_n[:, None]) * channels
-                    + chan[None, :], mask=mask_nd, other=0.0)
+        h = tl.load(chunk_states_ptr + ((batch * num_chunks + chunk) * channels + chan[None, :]) * NUM_STATES
+                    + offs_n[:, None], mask=mask_nd, other=0.0)
         # Recompute the block's states, kept in registers (positions past the end: dt = 0, dy = 0, so they change
         # nothing). Only the states are kept; the per-position inputs are reloaded (from L1/L2) by the adjoint steps.
         hs = ()
         for j in tl.static_range(STEPS):
             i = chunk * STEPS + j
-            if REVERSE:
-                t = length - 1 - i
-            else:
-                t = i
+            t = _step_position(i, length, reverse)
             mask = mask_d & (i < length)
             u = tl.load(u_ptr + u_row + t * su_l, mask=mask, other=0.0).to(tl.float32)
             dt = _step_dt(delta_ptr + dt_row + t * sdt_l, mask, delta_bias, HAS_DELTA_BIAS, DELTA_SOFTPLUS)
@@ -604,10 +627,7 @@ def _selective_scan_bwd_step_kernel(
         # Adjoint steps, last position of the block first.
         for j in tl.static_range(STEPS - 1, -1, -1):
             i = chunk * STEPS + j
-            if REVERSE:
-                t = length - 1 - i
-            else:
-                t = i
+            t = _step_position(i, length, reverse)
             mask = mask_d & (i < length)
             mask_bc = mask_n & (i < length)
             u = tl.load(u_ptr + u_row + t * su_l, mask=mask, other=0.0).to(tl.float32)
@@ -737,6 +757,20 @@ def _direction_runs(reverse: Sequence[bool]) -> List[Tuple[int, int, bool]]:
     return runs
 
 
+_MAX_GROUPS_PER_LAUNCH = 62  # a launch's per-group directions travel as the bits of one int64
+
+
+def _direction_bits(reverse: Sequence[bool]) -> List[Tuple[int, int, int]]:
+    """Launches of the step kernels, which take every group's direction at run time: [(first_group, count,
+    reverse_bits)], bit ``g`` of ``reverse_bits`` set when group ``first_group + g`` scans from the end. One launch
+    holds both directions, so Vim's two direction groups fill the GPU as one grid."""
+    launches = []
+    for first in range(0, len(reverse), _MAX_GROUPS_PER_LAUNCH):
+        chunk = reverse[first:first + _MAX_GROUPS_PER_LAUNCH]
+        launches.append((first, len(chunk), sum(1 << g for g, r in enumerate(chunk) if r)))
+    return launches
+
+
 def _check_inputs(u, delta, A, B, C, D, z, delta_bias, reverse, local_window) -> None:
     if u.dtype not in _SUPPORTED_DTYPES:
         raise TypeError(f'triton selective scan: u must be fp32/fp16/bf16, got {u.dtype}')
@@ -810,19 +844,20 @@ def _launch_fwd_step(u, delta, A, B, C, D, z, delta_bias, delta_softplus, revers
     num_chunks = cdiv(length, config.block_l)
     write_output = out is not None
     dummy = u
-    for first_group, count, is_reversed in _direction_runs(reverse):
+    for first_group, count, reverse_bits in _direction_bits(reverse):
         grid = (cdiv(per_group, config.block_d), count, batch)
         _selective_scan_fwd_step_kernel[grid](
             u, delta, A, B, C, D if D is not None else dummy, z if z is not None else dummy,
             delta_bias if delta_bias is not None else dummy,
             out if write_output else dummy, last_state if write_output else dummy,
             chunk_states if chunk_states is not None else dummy,
-            length, channels, per_group, num_groups, num_states, num_chunks, first_group,
+            length, channels, per_group, num_groups, num_chunks, first_group, reverse_bits,
             *_strides(u), *_strides(delta), *_strides(z), *_strides(out), *_strides(B), *_strides(C),
             HAS_D=D is not None, HAS_Z=z is not None, HAS_DELTA_BIAS=delta_bias is not None,
-            DELTA_SOFTPLUS=bool(delta_softplus), REVERSE=bool(is_reversed),
+            DELTA_SOFTPLUS=bool(delta_softplus),
             WRITE_OUTPUT=write_output, WRITE_CHUNK_STATES=chunk_states is not None,
-            BLOCK_D=config.block_d, BLOCK_N=next_power_of_2(num_states), STEPS=config.block_l,
+            NUM_STATES=num_states, BLOCK_D=config.block_d, BLOCK_N=next_power_of_2(num_states),
+            STEPS=config.block_l,
             num_warps=config.num_warps,
         )
 
@@ -875,7 +910,7 @@ def _selective_scan_bwd_step(grad_out, grad_last_state, u, delta, A, B, C, D, z,
         config = default_config('bwd_step', num_states, length, per_group)
     device = u.device
     num_chunks = cdiv(length, config.block_l)
-    chunk_states = torch.empty((batch, num_chunks, num_states, channels), device=device, dtype=torch.float32)
+    chunk_states = torch.empty((batch, num_chunks, channels, num_states), device=device, dtype=torch.float32)
     _launch_fwd_step(u, delta, A, B, C, None, None, delta_bias, delta_softplus, reverse, config, None, None,
                      chunk_states)
 
@@ -884,7 +919,7 @@ def _selective_scan_bwd_step(grad_out, grad_last_state, u, delta, A, B, C, D, z,
     du, ddelta, dz, dB, dC, dA_partial, dD_partial, dbias_partial = _grad_buffers(u, delta, B, C, D, z, delta_bias,
                                                                                   atomic_bc)
     dummy = u
-    for first_group, count, is_reversed in _direction_runs(reverse):
+    for first_group, count, reverse_bits in _direction_bits(reverse):
         grid = (programs_per_group, count, batch)
         _selective_scan_bwd_step_kernel[grid](
             grad_out, grad_last_state if grad_last_state is not None else dummy, chunk_states,
@@ -892,14 +927,15 @@ def _selective_scan_bwd_step(grad_out, grad_last_state, u, delta, A, B, C, D, z,
             delta_bias if delta_bias is not None else dummy,
             du, ddelta, dz if dz is not None else dummy, dB, dC, dA_partial,
             dD_partial if dD_partial is not None else dummy, dbias_partial if dbias_partial is not None else dummy,
-            length, channels, per_group, num_groups, num_states, num_chunks, first_group,
+            length, channels, per_group, num_groups, num_chunks, first_group, reverse_bits,
             *_strides(u), *_strides(delta), *_strides(z), *_strides(grad_out),
             *_strides(du), *_strides(ddelta), *_strides(dz),
             *_strides(B), *_strides(C), *_strides(dB), *_strides(dC),
             HAS_D=D is not None, HAS_Z=z is not None, HAS_DELTA_BIAS=delta_bias is not None,
-            DELTA_SOFTPLUS=bool(delta_softplus), REVERSE=bool(is_reversed),
+            DELTA_SOFTPLUS=bool(delta_softplus),
             HAS_GRAD_LAST_STATE=grad_last_state is not None, ATOMIC_BC=atomic_bc,
-            BLOCK_D=config.block_d, BLOCK_N=next_power_of_2(num_states), STEPS=config.block_l,
+            NUM_STATES=num_states, BLOCK_D=config.block_d, BLOCK_N=next_power_of_2(num_states),
+            STEPS=config.block_l,
             num_warps=config.num_warps,
         )
     return _finish_grads(du, ddelta, dz, dB, dC, dA_partial, dD_partial, dbias_partial, B.dtype)
