@@ -81,6 +81,12 @@ CASES = {
     'vim_s_mixer_token_major': dict(batch=128, channels=1536, length=197, num_states=16, groups=2, z=False,
                                     dtype=torch.bfloat16, out_dtype=torch.bfloat16, reverse=(False, True),
                                     token_major=True),
+    # EfficientVMamba-S's ES2D scans (fp16 in, fp32 out, rows contiguous): stage 1's forward runs the chunked
+    # kernel (L > 512), its backward and stage 2 run the step kernels
+    'effvmamba_s_stage1': dict(batch=128, channels=512, length=784, num_states=16, groups=4, z=False,
+                               dtype=torch.float16, out_dtype=torch.float32, reverse=(False, False, True, True)),
+    'effvmamba_s_stage2': dict(batch=128, channels=1024, length=196, num_states=16, groups=4, z=False,
+                               dtype=torch.float16, out_dtype=torch.float32, reverse=(False, False, True, True)),
 }
 # The official VMamba kernel only scans forward (the cross scan flips its inputs); this row times that setting.
 EXTRA_ROWS = {'vmamba_t_stage1_forward_only': dict(CASES['vmamba_t_stage1'], reverse=(False,) * 4)}
@@ -95,10 +101,15 @@ SWEEP = {  # (block_d, block_l, num_warps, channel_blocks); Vim (N=16) runs the 
     ('vmamba_t_stage3', 'bwd'): [(1, 128, 1, 1), (1, 256, 1, 1), (1, 64, 1, 1), (1, 256, 2, 1), (2, 64, 1, 1)],
     ('vmamba_t_stage3_l208', 'bwd'): [(1, 128, 1, 1), (1, 256, 1, 1), (1, 64, 1, 1), (1, 256, 2, 1)],
     ('vim_s', 'bwd'): [(16, 4, 1, 1), (16, 8, 1, 1), (8, 8, 1, 1), (8, 4, 1, 1), (8, 16, 1, 1), (32, 4, 1, 1)],
-    ('vim_s_mixer_token_major', 'fwd'): [(32, 4, 1, 1), (32, 2, 1, 1), (16, 4, 1, 1), (16, 2, 1, 1), (64, 4, 2, 1),
-                                         (64, 2, 2, 1), (32, 8, 1, 1)],
-    ('vim_s_mixer_token_major', 'bwd'): [(32, 4, 1, 1), (32, 2, 1, 1), (16, 4, 1, 1), (16, 2, 1, 1), (64, 2, 2, 1),
-                                         (64, 4, 2, 1), (32, 4, 2, 1)],
+    # (block_d, block_l, warps, channel_blocks[, max_registers])
+    ('vim_s_mixer_token_major', 'fwd'): [(32, 2, 1, 1, 96), (32, 4, 1, 1)],
+    ('vim_s_mixer_token_major', 'bwd'): [(32, 2, 1, 1, 128), (32, 4, 1, 1)],
+    ('effvmamba_s_stage2', 'fwd'): [(32, 4, 1, 1), (32, 2, 1, 1, 96), (32, 2, 1, 1), (32, 4, 1, 1, 128),
+                                    (16, 4, 1, 1), (64, 4, 2, 1)],
+    ('effvmamba_s_stage2', 'bwd'): [(32, 4, 1, 1), (32, 2, 1, 1, 128), (32, 2, 1, 1), (32, 4, 1, 1, 168),
+                                    (16, 4, 1, 1), (16, 2, 1, 1, 128), (64, 4, 2, 1)],
+    ('effvmamba_s_stage1', 'bwd'): [(32, 4, 1, 1), (32, 2, 1, 1, 128), (32, 2, 1, 1), (32, 4, 1, 1, 168),
+                                    (16, 4, 1, 1), (16, 2, 1, 1, 128), (64, 4, 2, 1)],
 }
 
 
@@ -317,11 +328,11 @@ def sweep(time_budget_s, cases=None):
         out, _ = selective_scan_fwd(*args, True, case['reverse'], 0, case['out_dtype'])
         grad_out = torch.randn_like(out)
         timings = []
-        for block_d, block_l, warps, channel_blocks in candidates:
+        for block_d, block_l, warps, channel_blocks, *max_registers in candidates:
             if time.time() - start > time_budget_s:
                 print(f'  sweep budget of {time_budget_s}s used up; skipping the rest of {name}/{kind}', flush=True)
                 break
-            cfg = ScanConfig(block_d, block_l, warps, channel_blocks)
+            cfg = ScanConfig(block_d, block_l, warps, channel_blocks, *max_registers)
             try:
                 rev = case['reverse']
                 if kind == 'fwd':
@@ -334,7 +345,8 @@ def sweep(time_budget_s, cases=None):
                 print(f'  {name}/{kind} {cfg}: failed: {type(exc).__name__}: {str(exc)[:200]}', flush=True)
                 continue
             timings.append((ms, cfg))
-            print(f'  {name}/{kind} d={block_d:3d} l={block_l:5d} w={warps} cb={channel_blocks}: {ms:.4f} ms',
+            print(f'  {name}/{kind} d={block_d:3d} l={block_l:5d} w={warps} cb={channel_blocks} '
+                  f'regs<={cfg.max_registers}: {ms:.4f} ms',
                   flush=True)
         if kind == 'bwd' and case['num_states'] == 1:
             # The backward's forward pre-pass (chunk-start states) alone, at the default backward chunk.
@@ -349,7 +361,7 @@ def sweep(time_budget_s, cases=None):
             timings.sort(key=lambda t: t[0])
             default_kind = kind + '_step' if case['num_states'] > 1 else kind
             default = default_config(default_kind, case['num_states'], case['length'],
-                                     case['channels'] // case['groups'])
+                                     case['channels'] // case['groups'], case.get('token_major', False))
             best[(name, kind)] = timings[0][1]
             print(f'  best {name}/{kind}: {timings[0][1]} {timings[0][0]:.4f} ms (default {default})', flush=True)
     return best

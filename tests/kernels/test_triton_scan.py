@@ -172,6 +172,16 @@ def test_step_kernels_vim_like(config, grad_last_state):
     run_case(2, 12, 19, 16, 2, reverse=(False, True), z=False, config=config, grad_last_state=grad_last_state)
 
 
+def test_step_kernels_split_directions_over_launches(monkeypatch):
+    """The step kernels take each group's direction as a bit of one launch argument; more groups than a launch
+    holds go to further launches (here 3 per launch, 7 groups with mixed directions: bits 0b101, 0b010, 0b1)."""
+    from vmamba.kernels.triton import selective_scan as scan
+    monkeypatch.setattr(scan, '_MAX_GROUPS_PER_LAUNCH', 3)
+    reverse = (True, False, True, False, True, False, True)
+    assert scan._direction_bits(reverse) == [(0, 3, 0b101), (3, 3, 0b010), (6, 1, 0b1)]
+    run_case(1, 14, 9, 4, 7, reverse=reverse, config=ScanConfig(block_d=2, block_l=4, num_warps=1))
+
+
 @pytest.mark.parametrize('num_states, local_window, z', [
     pytest.param(16, 0, False, id='step-kernels-N16-vim'),
     pytest.param(4, 0, True, id='step-kernels-N4-z'),

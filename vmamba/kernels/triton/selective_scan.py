@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..layout import empty_sequence_like, empty_states_like
+from ..layout import empty_sequence_like, empty_states_like, is_token_major
 from .host import cdiv, interpreting, next_power_of_2
 
 __all__ = ['ScanConfig', 'selective_scan_fwd', 'selective_scan_bwd', 'default_config']
@@ -579,7 +579,6 @@ def _selective_scan_bwd_step_kernel(
     state_offs = row_seq[None, :] * NUM_STATES + offs_n[:, None]
 
     A = tl.load(A_ptr + chan[None, :] * NUM_STATES + offs_n[:, None], mask=mask_nd, other=0.0)  # (BLOCK_N, BLOCK_D)
-    A2 = A * 1.4426950408889634
     if HAS_D:
         D = tl.load(D_ptr + chan, mask=mask_d, other=0.0)
     if HAS_DELTA_BIAS:
@@ -621,7 +620,7 @@ def _selective_scan_bwd_step_kernel(
             u = tl.load(u_ptr + u_row + t * su_l, mask=mask, other=0.0).to(tl.float32)
             dt = _step_dt(delta_ptr + dt_row + t * sdt_l, mask, delta_bias, HAS_DELTA_BIAS, DELTA_SOFTPLUS)
             Bv = tl.load(B_ptr + B_row + t * sB_l, mask=mask_n & (i < length), other=0.0).to(tl.float32)
-            h = tl.exp2(dt[None, :] * A2) * h + Bv[:, None] * (dt * u)[None, :]
+            h = tl.exp2((dt * 1.4426950408889634)[None, :] * A) * h + Bv[:, None] * (dt * u)[None, :]
             hs = hs + (h,)
 
         # Adjoint steps, last position of the block first.
@@ -681,7 +680,7 @@ def _selective_scan_bwd_step_kernel(
             else:
                 tl.store(dB_ptr + dB_row + t * sdB_l, dB_t.to(dB_ptr.dtype.element_ty), mask=mask_bc)
                 tl.store(dC_ptr + dC_row + t * sdC_l, dC_t.to(dC_ptr.dtype.element_ty), mask=mask_bc)
-            adj_carry = tl.exp2(dt[None, :] * A2) * adj
+            adj_carry = tl.exp2((dt * 1.4426950408889634)[None, :] * A) * adj
 
     tl.store(dA_partial_ptr + state_offs, dA_acc, mask=mask_nd)
     if HAS_D:
@@ -702,16 +701,21 @@ class ScanConfig:
     one after another by one program, which divides the number of programs that add into the shared dB/dC.
 
     Step kernels ('fwd_step', 'bwd_step', used for N > 1 without LB window): ``block_d`` channels x next_pow2(N)
-    states per program, walking ``block_l`` positions per unrolled block (the backward stores one state per block)."""
+    states per program, walking ``block_l`` positions per unrolled block (the backward stores one state per block).
+    ``max_registers`` (step kernels): a cap on registers per thread (Triton's ``maxnreg``), trading spills for more
+    resident warps."""
     block_d: int
     block_l: int
     num_warps: int = 4
     channel_blocks: int = 1
+    max_registers: Optional[int] = None
 
 
-def default_config(kind: str, num_states: int, length: int, channels_per_group: int) -> ScanConfig:
+def default_config(kind: str, num_states: int, length: int, channels_per_group: int,
+                   token_major: bool = False) -> ScanConfig:
     """Tile sizes for ``kind``: 'fwd' / 'bwd' (chunked scan kernels) or 'fwd_step' / 'bwd_step' (step-by-step
-    kernels for N > 1 without LB window)."""
+    kernels for N > 1 without LB window). ``token_major``: the step kernels' sequence tensors are (batch, L,
+    channels) memory (Vim), not contiguous rows (EfficientVMamba)."""
     if kind not in ('fwd', 'bwd', 'fwd_step', 'bwd_step'):
         raise ValueError(f"kind must be 'fwd', 'bwd', 'fwd_step' or 'bwd_step', got {kind!r}")
     block_n = next_power_of_2(num_states)
@@ -721,7 +725,18 @@ def default_config(kind: str, num_states: int, length: int, channels_per_group: 
             return ScanConfig(block_d=4, block_l=4, num_warps=1)
         return ScanConfig(block_d=2, block_l=16, num_warps=1)
     # Fastest on H100 in benchmarks/bench_scan.py --sweep (benchmarks/results/scan.md).
-    if kind in ('fwd_step', 'bwd_step'):
+    # Step kernels, 1 warp (v12/run4, run6). Token-major rows (a position's channels contiguous): 32 channels x 2
+    # steps with registers capped, so that more warps are resident (both kernels wait on memory, not on issue): Vim-S
+    # mixer forward 0.400 -> 0.372 ms, backward 2.50 -> 1.89 ms. Contiguous rows (each channel's positions
+    # contiguous): no cap (the spills' traffic costs 2-4x there); forward 16 channels x 4 steps (EfficientVMamba-S
+    # stage 2: 0.665 -> 0.467 ms), backward 32 x 4.
+    if kind == 'fwd_step':
+        if token_major:
+            return ScanConfig(block_d=32, block_l=2, num_warps=1, max_registers=96)
+        return ScanConfig(block_d=16, block_l=4, num_warps=1)
+    if kind == 'bwd_step':
+        if token_major:
+            return ScanConfig(block_d=32, block_l=2, num_warps=1, max_registers=128)
         return ScanConfig(block_d=32, block_l=4, num_warps=1)
     if kind == 'fwd':
         return ScanConfig(block_d=1, block_l=min(512, max(32, next_power_of_2(length) // block_n)), num_warps=1)
@@ -858,8 +873,13 @@ def _launch_fwd_step(u, delta, A, B, C, D, z, delta_bias, delta_softplus, revers
             WRITE_OUTPUT=write_output, WRITE_CHUNK_STATES=chunk_states is not None,
             NUM_STATES=num_states, BLOCK_D=config.block_d, BLOCK_N=next_power_of_2(num_states),
             STEPS=config.block_l,
-            num_warps=config.num_warps,
+            num_warps=config.num_warps, **_register_cap(config),
         )
+
+
+def _register_cap(config: ScanConfig) -> dict:
+    """Launch option capping registers per thread (Triton's ``maxnreg``) when the config sets one."""
+    return {} if config.max_registers is None or interpreting() else {'maxnreg': config.max_registers}
 
 
 def _strides(t: Optional[torch.Tensor]) -> Tuple[int, ...]:
@@ -907,7 +927,7 @@ def _selective_scan_bwd_step(grad_out, grad_last_state, u, delta, A, B, C, D, z,
     num_groups, num_states = B.shape[1], B.shape[2]
     per_group = channels // num_groups
     if config is None:
-        config = default_config('bwd_step', num_states, length, per_group)
+        config = default_config('bwd_step', num_states, length, per_group, is_token_major(u))
     device = u.device
     num_chunks = cdiv(length, config.block_l)
     chunk_states = torch.empty((batch, num_chunks, channels, num_states), device=device, dtype=torch.float32)
@@ -936,7 +956,7 @@ def _selective_scan_bwd_step(grad_out, grad_last_state, u, delta, A, B, C, D, z,
             HAS_GRAD_LAST_STATE=grad_last_state is not None, ATOMIC_BC=atomic_bc,
             NUM_STATES=num_states, BLOCK_D=config.block_d, BLOCK_N=next_power_of_2(num_states),
             STEPS=config.block_l,
-            num_warps=config.num_warps,
+            num_warps=config.num_warps, **_register_cap(config),
         )
     return _finish_grads(du, ddelta, dz, dB, dC, dA_partial, dD_partial, dbias_partial, B.dtype)
 
@@ -994,7 +1014,7 @@ def selective_scan_fwd(
     chunk_states = None
     if _uses_step_kernels(num_states, local_window, length, forward_rows=(u, delta, B, C, z)):
         if config is None:
-            config = default_config('fwd_step', num_states, length, per_group)
+            config = default_config('fwd_step', num_states, length, per_group, is_token_major(u))
         _launch_fwd_step(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, config, out, last_state)
         return (out, last_state, chunk_states) if save_chunk_states else (out, last_state)
     if config is None:
