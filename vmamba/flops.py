@@ -93,14 +93,15 @@ def _layer_norm_formula(input_shape, normalized_shape, weight_shape=None, *args,
     return math.prod(input_shape) * (5 if weight_shape is not None else 4)
 
 
-def _layer_norm_last_dim_formula(x_shape, weight_shape=None, *args, out_shape=None, **kwargs) -> int:
-    return _layer_norm_formula(x_shape, x_shape[-1:], weight_shape)
+def _layer_norm_last_dim_formula(x_shape, weight_shape=None, bias_shape=None, eps=None, out_dtype=None, rms=False,
+                                 *args, out_shape=None, **kwargs) -> int:
+    """The LayerNorm's count; RMSNorm (``rms=True``, Vim's norms) is not counted, as ``F.rms_norm`` is not."""
+    return 0 if rms else _layer_norm_formula(x_shape, x_shape[-1:], weight_shape)
 
 
-def _add_layer_norm_last_dim_formula(residual_shape, branch_shape, weight_shape=None, *args, out_shape=None,
-                                     **kwargs) -> int:
-    """The LayerNorm's count: fvcore does not count elementwise adds."""
-    return _layer_norm_formula(residual_shape, residual_shape[-1:], weight_shape)
+def _add_layer_norm_last_dim_formula(residual_shape, branch_shape, *args, out_shape=None, **kwargs) -> int:
+    """The norm's count: fvcore does not count elementwise adds."""
+    return _layer_norm_last_dim_formula(residual_shape, *args, **kwargs)
 
 
 def _group_norm_formula(input_shape, weight_shape=None, *args, out_shape=None, **kwargs) -> int:

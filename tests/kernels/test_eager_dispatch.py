@@ -6,7 +6,8 @@ import torch
 
 from vmamba.kernels import conv, gated_sum, interface, layer_norm, routes
 from vmamba.kernels import depthwise_conv_silu, gather_routes, gated_group_sum, merge_routes, selective_scan
-from vmamba.kernels.layer_norm import add_layer_norm_last_dim, layer_norm_channels_first, layer_norm_last_dim
+from vmamba.kernels.layer_norm import (
+    add_layer_norm_last_dim, add_rms_norm_last_dim, layer_norm_channels_first, layer_norm_last_dim, rms_norm_last_dim)
 from vmamba.scans import get_scan_pattern
 
 from .test_reference import make_inputs
@@ -28,6 +29,11 @@ def _cases():
          lambda t: layer_norm_channels_first(t['x'], t['w'], None), {'x': rnd(2, 8, 3, 4), 'w': rnd(8)}),
         ('add_layer_norm_last_dim', layer_norm._EagerAddLayerNorm, ('branch', 'w'),
          lambda t: torch.cat(add_layer_norm_last_dim(t['residual'], t['branch'], t['w'], None)),
+         {'residual': rnd(5, 8), 'branch': rnd(5, 8), 'w': rnd(8)}),
+        ('rms_norm_last_dim', layer_norm._EagerLayerNorm, ('x', 'w'),
+         lambda t: rms_norm_last_dim(t['x'], t['w']), {'x': rnd(5, 8), 'w': rnd(8)}),
+        ('add_rms_norm_last_dim', layer_norm._EagerAddLayerNorm, ('branch', 'w'),
+         lambda t: torch.cat(add_rms_norm_last_dim(t['residual'], t['branch'], t['w'])),
          {'residual': rnd(5, 8), 'branch': rnd(5, 8), 'w': rnd(8)}),
         ('gated_group_sum', gated_sum._EagerGatedGroupSum, ('y', 'z'),
          lambda t: gated_group_sum(t['y'], t['z'], 0.5), {'y': rnd(2, 5, 12), 'z': rnd(2, 5, 6)}),

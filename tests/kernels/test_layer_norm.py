@@ -1,10 +1,11 @@
 """LayerNorm over the last dim: reference vs explicit sums, Triton forward / backward vs the reference, the custom
-ops (gradcheck, opcheck, dispatch), input errors; the same for the residual add + LayerNorm. Without CUDA the Triton
-kernels run in the interpreter on small row blocks (4 rows per program), so ragged row counts and masked columns are
-covered."""
+ops (gradcheck, opcheck, dispatch), input errors; the same for the residual add + LayerNorm, and for RMSNorm and the
+residual add + RMSNorm (``rms=True``). Without CUDA the Triton kernels run in the interpreter on small row blocks
+(4 rows per program), so ragged row counts and masked columns are covered."""
 import os
 
 import torch
+import torch.nn.functional as F
 
 if not torch.cuda.is_available():
     os.environ.setdefault('TRITON_INTERPRET', '1')
@@ -667,3 +668,253 @@ def test_gpu_add_real_size(shape):
     torch.autograd.backward((s, y), (grad_s, grad_y))
     for leaf, ref in zip(leaves, _add_reference_grads(residual, branch, weight, bias, grad_s, grad_y)):
         _assert_close(leaf.grad, ref, 1e-2)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# RMSNorm (rms=True on the same ops and kernels): y = x * rsqrt(mean_C(x^2) + eps) * weight, no bias; and the
+# residual add + RMSNorm of Vim's blocks
+
+def _rms_reference_grads(inputs, grad_outs, add=False):
+    """Autograd through (add_)rms_norm_last_dim_ref in fp64, cast to the dtypes of the inputs (x, weight) or
+    (residual, branch, weight); grad_outs: (grad_y,) or (grad_s, grad_y)."""
+    leaves = [t.detach().double().requires_grad_(True) if t is not None else None for t in inputs]
+    outputs = ln.add_rms_norm_last_dim_ref(*leaves, EPS) if add else ln.rms_norm_last_dim_ref(*leaves, EPS)
+    present = [t for t in leaves if t is not None]
+    grads = iter(torch.autograd.grad(outputs, present, [g.double() for g in grad_outs]))
+    return [next(grads).to(t.dtype) if t is not None else None for t in inputs]
+
+
+@pytest.mark.parametrize('with_weight', [True, False])
+def test_rms_reference_matches_explicit_formula(with_weight):
+    x = _randn(3, 5, 7, dtype=torch.float64, device='cpu')
+    weight = _params(7, 'weight', torch.float64, 'cpu')[0] if with_weight else None
+    expected = x / torch.sqrt((x * x).sum(-1, keepdim=True) / 7 + EPS) * (1 if weight is None else weight)
+    torch.testing.assert_close(ln.rms_norm_last_dim_ref(x, weight, EPS), expected, rtol=1e-12, atol=1e-12)
+    s, y = ln.add_rms_norm_last_dim_ref(x, x.float(), weight, EPS)
+    assert torch.equal(s, x + x.float()) and torch.equal(y, ln.rms_norm_last_dim_ref(x + x.float(), weight, EPS))
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize('channels', [48, 13, 1])
+@pytest.mark.parametrize('with_weight', [True, False])
+def test_triton_rms_forward_backward(dtype, channels, with_weight):
+    """37 rows (a ragged last row block), odd channel counts; fp32 statistics, no mean stored."""
+    x = _randn(37, channels, dtype=dtype)
+    weight = _params(channels, 'weight', dtype)[0] if with_weight else None
+    y, mean, rstd = layer_norm_fwd(x, weight, None, EPS, rms=True)
+    assert mean is None and y.dtype == dtype and rstd.dtype == torch.float32
+    _assert_close(y, ln.rms_norm_last_dim_ref(x, weight, EPS), FWD_TOL[dtype])
+    xf = x.float()
+    torch.testing.assert_close(rstd, torch.rsqrt(xf.square().mean(-1) + EPS), rtol=1e-5, atol=1e-5)
+    grad_out = _randn(37, channels, dtype=dtype, seed=2)
+    dx, dweight, dbias = layer_norm_bwd(grad_out, x, weight, None, None, rstd, rms=True)
+    assert dbias is None and (dweight is None) == (weight is None)
+    tol = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 2e-2}[dtype]
+    for actual, ref in zip((dx, dweight), _rms_reference_grads((x, weight), (grad_out,))):
+        if ref is not None:
+            _assert_close(actual, ref, tol)
+
+
+def test_triton_rms_strided_rows():
+    """x rows with stride 40 (a slice of a wider map), read in place, fp32 weight with an fp16 out dtype."""
+    x = ln._rows(_randn(3, 11, 40)[..., 5:35])
+    assert x.stride() == (40, 1)
+    weight = _params(30, 'weight')[0]
+    y, _, rstd = layer_norm_fwd(x, weight, None, EPS, torch.float16, rms=True)
+    _assert_close(y, ln.rms_norm_last_dim_ref(x, weight, EPS, torch.float16), 1e-2)
+    grad_out = _randn(33, 30, dtype=torch.float16, seed=3)
+    dx, dweight, _ = layer_norm_bwd(grad_out, x, weight, None, None, rstd, rms=True)
+    for actual, ref in zip((dx, dweight), _rms_reference_grads((x, weight), (grad_out,))):
+        _assert_close(actual, ref, 1e-4)
+
+
+@pytest.mark.parametrize('residual_dtype, branch_dtype, out_dtype', ADD_DTYPES, ids=ADD_IDS)
+@pytest.mark.parametrize('channels', [96, 13])
+@pytest.mark.parametrize('with_weight', [True, False])
+def test_triton_add_rms_forward_backward(residual_dtype, branch_dtype, out_dtype, channels, with_weight):
+    residual = _randn(37, channels, dtype=residual_dtype)
+    branch = _randn(37, channels, dtype=branch_dtype, seed=2)
+    weight = _params(channels, 'weight')[0] if with_weight else None
+    s, y, mean, rstd = add_layer_norm_fwd(residual, branch, weight, None, EPS, out_dtype, rms=True)
+    assert mean is None and y.dtype == out_dtype
+    _assert_sum(s, residual, branch)
+    _assert_close(y, ln.rms_norm_last_dim_ref(s.double(), weight, EPS).to(out_dtype), FWD_TOL[out_dtype])
+    s_only, y_only, _, no_rstd = add_layer_norm_fwd(residual, branch, weight, None, EPS, out_dtype,
+                                                    store_stats=False, rms=True)
+    assert no_rstd is None and torch.equal(s_only, s) and torch.equal(y_only, y)
+    grad_y = _randn(37, channels, dtype=out_dtype, seed=3)
+    grad_s = _randn(37, channels, dtype=s.dtype, seed=4)
+    d_residual, d_branch, dweight, _ = add_layer_norm_bwd(grad_y, grad_s, s, weight, None, None, rstd,
+                                                          residual_dtype, branch_dtype, rms=True)
+    d_branch = d_residual if d_branch is None else d_branch
+    expected = _rms_reference_grads((residual, branch, weight), (grad_s, grad_y), add=True)
+    tol = max(ADD_BWD_TOL[t] for t in (residual_dtype, branch_dtype, out_dtype))
+    for actual, ref in zip((d_residual, d_branch, dweight), expected):
+        if ref is not None:
+            _assert_close(actual, ref, tol)
+
+
+@pytest.mark.parametrize('add', [False, True], ids=['rms', 'add_rms'])
+def test_rms_public_functions_on_triton_path(force_triton, add):
+    """Strided (2, 3, 5, 20) views in (fp32 stream, fp16 branch, fp16 weight and y as in an AMP Vim), autograd with
+    every output used; no-grad calls give the same values."""
+    residual = _randn(2, 3, 5, 26)[..., 1:21]
+    branch = _randn(2, 3, 5, 24, dtype=torch.float16, seed=2)[..., 3:23]
+    weight = _params(20, 'weight', torch.float16)[0]
+    inputs = (residual, branch, weight) if add else (residual, weight)
+    fn = ln.add_rms_norm_last_dim if add else ln.rms_norm_last_dim
+    leaves = [t.detach().requires_grad_(True) for t in inputs]
+    outputs = fn(*leaves, EPS, torch.float16)
+    outputs = outputs if add else (outputs,)
+    y = outputs[-1]
+    assert y.shape == residual.shape and y.is_contiguous() and y.dtype == torch.float16
+    if add:
+        _assert_sum(outputs[0], residual, branch)
+    expected = (ln.add_rms_norm_last_dim_ref if add else ln.rms_norm_last_dim_ref)(*inputs, EPS, torch.float16)
+    _assert_close(y, expected[-1] if add else expected, 1e-2)
+    grad_outs = [_randn(*t.shape, dtype=t.dtype, seed=4 + i) for i, t in enumerate(outputs)]
+    torch.autograd.backward(outputs, grad_outs)
+    for leaf, ref in zip(leaves, _rms_reference_grads(inputs, grad_outs, add=add)):
+        assert leaf.grad.dtype == leaf.dtype
+        _assert_close(leaf.grad, ref, 1e-2)
+    with torch.no_grad():
+        inference = fn(*inputs, EPS, torch.float16)
+    for a, b in zip(inference if add else (inference,), outputs):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize('residual_dtype, branch_dtype', [
+    (torch.float32, torch.float16), (torch.float32, torch.float32), (torch.float64, torch.float64)])
+def test_add_rms_reference_path_is_add_then_f_rms_norm(residual_dtype, branch_dtype):
+    """Without Triton the ops are bitwise ``F.rms_norm`` in fp32 (what Vim's RmsNormFp32 computed) after
+    ``residual + branch``, gradients included."""
+    residual = _randn(2, 7, 12, dtype=residual_dtype, device='cpu')
+    branch = _randn(2, 7, 12, dtype=branch_dtype, device='cpu', seed=2)
+    weight = _params(12, 'weight', torch.float32, 'cpu')[0]
+    fused = [t.detach().requires_grad_(True) for t in (residual, branch, weight)]
+    unfused = [t.detach().requires_grad_(True) for t in (residual, branch, weight)]
+    s, y = ln.add_rms_norm_last_dim(*fused, EPS)
+    s_ref = unfused[0] + unfused[1]
+    compute = torch.float64 if s_ref.dtype == torch.float64 else torch.float32
+    y_ref = F.rms_norm(s_ref.to(compute), (12,), unfused[2].to(compute), EPS).to(s_ref.dtype)
+    assert torch.equal(s, s_ref) and torch.equal(y, y_ref)
+    assert torch.equal(ln.rms_norm_last_dim(s_ref.detach(), weight, EPS), y_ref.detach())
+    grad_s, grad_y = _randn(*s.shape, dtype=s.dtype, device='cpu', seed=3), _randn(*y.shape, dtype=y.dtype,
+                                                                                   device='cpu', seed=4)
+    torch.autograd.backward((s, y), (grad_s, grad_y))
+    torch.autograd.backward((s_ref, y_ref), (grad_s, grad_y))
+    for a, b in zip(fused, unfused):
+        assert a.grad.dtype == b.grad.dtype
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-6, atol=1e-6)  # our backward formula vs autograd's
+
+
+@pytest.mark.parametrize('path', ['eager', 'custom_op'])
+@pytest.mark.parametrize('with_weight', [True, False])
+def test_rms_gradcheck_fp64(path, with_weight):
+    residual = _randn(3, 9, dtype=torch.float64, device='cpu')[:, 1:8]  # strided rows
+    branch = _randn(3, 7, dtype=torch.float64, device='cpu', seed=2)
+    weight = _params(7, 'weight', torch.float64, 'cpu')[0] if with_weight else None
+    inputs = [t.detach().requires_grad_(True) for t in (residual, branch, weight) if t is not None]
+
+    def fn(residual, branch, *weight):
+        weight = weight[0] if weight else None
+        if path == 'eager':
+            return (ln.rms_norm_last_dim(residual, weight, EPS), *ln.add_rms_norm_last_dim(residual, branch, weight,
+                                                                                          EPS))
+        return (torch.ops.vmamba.layer_norm_last_dim(residual, weight, None, EPS, torch.float64, True)[0],
+                *torch.ops.vmamba.add_layer_norm_last_dim(residual, branch, weight, None, EPS, torch.float64,
+                                                          True)[:2])
+
+    assert torch.autograd.gradcheck(fn, inputs)
+    expected = (ln.rms_norm_last_dim_ref(residual, weight, EPS), *ln.add_rms_norm_last_dim_ref(residual, branch,
+                                                                                              weight, EPS))
+    for actual, ref in zip(fn(*inputs), expected):
+        torch.testing.assert_close(actual, ref.reshape(actual.shape), rtol=1e-12, atol=1e-12)
+
+
+def _opcheck_rms(residual, branch, weight, out_dtype):
+    leaves = [t.detach().requires_grad_(True) for t in (residual, branch, weight)]
+    for op, args in ((torch.ops.vmamba.layer_norm_last_dim, (leaves[0], leaves[2])),
+                     (torch.ops.vmamba.add_layer_norm_last_dim, leaves)):
+        result = torch.library.opcheck(op.default, (*args, None, EPS, out_dtype, True))
+        assert all(v == 'SUCCESS' for v in result.values()), result
+    y, mean, rstd = torch.ops.vmamba.layer_norm_last_dim(residual, weight, None, EPS, out_dtype, True)
+    assert mean.shape == (0,)
+    result = torch.library.opcheck(torch.ops.vmamba.layer_norm_last_dim_backward.default,
+                                   (torch.randn_like(y), residual, weight, None, mean, rstd, True))
+    assert all(v == 'SUCCESS' for v in result.values()), result
+    s, y, mean, rstd = torch.ops.vmamba.add_layer_norm_last_dim(residual, branch, weight, None, EPS, out_dtype, True)
+    result = torch.library.opcheck(torch.ops.vmamba.add_layer_norm_last_dim_backward.default,
+                                   (torch.randn_like(y), torch.randn_like(s), s, weight, None, mean, rstd,
+                                    residual.dtype, branch.dtype, True))
+    assert all(v == 'SUCCESS' for v in result.values()), result
+
+
+def test_rms_opcheck_reference_path():
+    _opcheck_rms(_randn(9, 6, dtype=torch.float64, device='cpu'), _randn(9, 6, dtype=torch.float64, device='cpu'),
+                 _params(6, 'weight', torch.float64, 'cpu')[0], torch.float64)
+    _opcheck_rms(_randn(5, 6, device='cpu'), _randn(5, 6, dtype=torch.float16, device='cpu'),
+                 _params(6, 'weight', torch.float16, 'cpu')[0], torch.float16)
+
+
+def test_rms_opcheck_triton_path(force_triton):
+    _opcheck_rms(_randn(9, 6), _randn(9, 6, dtype=torch.float16, seed=2), _params(6, 'weight')[0], torch.float16)
+
+
+def test_rms_torch_compile_fullgraph():
+    """torch.compile traces the rms=True custom ops: same values and gradients as eager."""
+    residual = _randn(2, 5, 12, device='cpu')
+    branch = _randn(2, 5, 12, dtype=torch.bfloat16, device='cpu', seed=2)
+    weight = _params(12, 'weight', torch.float32, 'cpu')[0]
+
+    def loss(residual, branch, weight):
+        s, y = ln.add_rms_norm_last_dim(residual, branch, weight, EPS, torch.bfloat16)
+        return s.square().sum() + y.float().sin().sum() + ln.rms_norm_last_dim(s, weight, EPS).cos().sum()
+
+    eager = [t.detach().requires_grad_(True) for t in (residual, branch, weight)]
+    compiled = [t.detach().requires_grad_(True) for t in (residual, branch, weight)]
+    loss(*eager).backward()
+    torch.compile(loss, fullgraph=True, backend='aot_eager')(*compiled).backward()
+    for a, b in zip(compiled, eager):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-6, atol=1e-6)
+
+
+def test_rms_bad_inputs_are_named():
+    x, w = torch.randn(2, 5, 8), torch.ones(8)
+    with pytest.raises(ValueError, match=r'rms_norm_last_dim: weight must be \(C=8,\) for x of shape \(2, 5, 8\)'):
+        ln.rms_norm_last_dim(x, torch.ones(7))
+    with pytest.raises(TypeError, match='rms_norm_last_dim: x must be a floating tensor'):
+        ln.rms_norm_last_dim(torch.ones(2, 8, dtype=torch.int64), w)
+    with pytest.raises(TypeError, match='rms_norm_last_dim: out_dtype'):
+        ln.rms_norm_last_dim(x, w, out_dtype=torch.int32)
+    with pytest.raises(ValueError, match=r'add_rms_norm_last_dim: branch must have the shape of residual '
+                                         r'\(2, 5, 8\), got \(2, 5, 1\)'):
+        ln.add_rms_norm_last_dim(x, torch.randn(2, 5, 1), w)
+    with pytest.raises(ValueError, match='add_rms_norm_last_dim: weight is on meta but residual is on cpu'):
+        ln.add_rms_norm_last_dim(x, x, torch.ones(8, device='meta'))
+    with pytest.raises(ValueError, match=r'RMSNorm \(rms=True\) has no bias'):
+        torch.ops.vmamba.add_layer_norm_last_dim(x.view(10, 8), x.view(10, 8), w, w, EPS, torch.float32, True)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize('shape', [(128, 197, 192), (64, 729, 384)])
+def test_gpu_rms_real_size(shape):
+    """Vim-Ti / Vim-S+ block sizes under AMP on CUDA (fp32 residual stream, fp16 branch; fp32 weight and y as
+    RmsNormFp32 gives) vs the fp64 reference, forward and backward, fused add and plain RMSNorm."""
+    residual = _randn(*shape, device='cuda')
+    branch = _randn(*shape, dtype=torch.float16, device='cuda', seed=2)
+    weight = _params(shape[-1], 'weight', torch.float32, 'cuda')[0]
+    leaves = [t.detach().requires_grad_(True) for t in (residual, branch, weight)]
+    s, y = ln.add_rms_norm_last_dim(*leaves, EPS, torch.float32)
+    y_plain = ln.rms_norm_last_dim(leaves[0], leaves[2], EPS)
+    _assert_sum(s, residual, branch)
+    _assert_close(y, ln.rms_norm_last_dim_ref(s, weight, EPS), 1e-5)
+    _assert_close(y_plain, ln.rms_norm_last_dim_ref(residual, weight, EPS), 1e-5)
+    grad_s, grad_y = _randn(*shape, device='cuda', seed=3), _randn(*shape, device='cuda', seed=4)
+    grad_plain = _randn(*shape, device='cuda', seed=5)
+    torch.autograd.backward((s, y, y_plain), (grad_s, grad_y, grad_plain))
+    expected = _rms_reference_grads((residual, branch, weight), (grad_s, grad_y), add=True)
+    plain = _rms_reference_grads((residual, weight), (grad_plain,))
+    expected = [expected[0] + plain[0], expected[1], expected[2] + plain[1]]
+    for leaf, ref in zip(leaves, expected):
+        _assert_close(leaf.grad, ref, 1e-2 if leaf.dtype == torch.float16 else 1e-4)

@@ -9,7 +9,10 @@ import torch
 import torch.nn.functional as F
 
 import vmamba
+from vmamba.layers.layer_shuffle import token_shuffled_call
 from vmamba.layers.mamba_mixer import MambaMixer
+from vmamba.layers.rms_norm import add_rms_norm
+from vmamba.models import vim
 from vmamba.models.vim import VisionMamba, checkpoint_filter_fn, default_cfgs, resample_pos_embed
 
 MANIFEST_MODELS = {
@@ -324,6 +327,10 @@ def test_forward_intermediates_features_only_and_prune():
         torch.testing.assert_close(pairs[0][1], stream[:, 8:9])
         nlc = model.forward_intermediates(x, indices=1, output_fmt='NLC', norm=True, intermediates_only=True)
         torch.testing.assert_close(nlc[0], torch.cat([final[:, :8], final[:, 9:]], 1))
+        # maps taken mid-chain (the pending residual add runs there) leave the rest of the chain unchanged
+        final_mid, normed = model.forward_intermediates(x, indices=[0, 1], output_fmt='NLC', norm=True)
+        torch.testing.assert_close(final_mid, final, rtol=0, atol=0)
+        torch.testing.assert_close(normed[1], model.norm(tokens), rtol=0, atol=0)
 
     feature_model = timm.create_model('test_vim', features_only=True, out_indices=(1, 3)).eval()
     reference = timm.create_model('test_vim').eval()
@@ -360,6 +367,57 @@ def test_grad_checkpointing_same_output_and_grads():
     torch.testing.assert_close(out_ckpt, out)
     for n, p in model.named_parameters():
         torch.testing.assert_close(p.grad, grads[n], msg=n)
+
+
+def _block_by_block_logits(model, x):
+    """The spec of the chained forward: every block on its own (norm as a module, shuffled tokens into the norm as
+    the paper writes it, the residual add by itself), then the final norm as a module."""
+    stream, _ = model._embed(x)
+    for block in model.blocks:
+        def mix(tokens, block=block):
+            return block.mixer(block.norm(tokens))
+        h = token_shuffled_call(mix, stream, block.shuffle_prob) if block.training else mix(stream)
+        stream = stream + block.drop_path(h)
+    return model.forward_head(model.norm(stream))
+
+
+def _chain_mismatch(model, x):
+    """Largest |difference| between the chained forward and :func:`_block_by_block_logits`, over the logits and
+    every parameter gradient (the same random draws for both: drop path, token shuffles)."""
+    results = []
+    for forward in (model, lambda t: _block_by_block_logits(model, t)):
+        model.zero_grad()
+        torch.manual_seed(5)
+        logits = forward(x)
+        logits.square().sum().backward()
+        results.append([logits.detach()] + [torch.zeros_like(p) if p.grad is None else p.grad.clone()
+                                            for p in model.parameters()])
+    return max((a - b).abs().max().item() for a, b in zip(*results))
+
+
+@pytest.mark.parametrize('train', [False, True], ids=['eval', 'train'])
+@pytest.mark.parametrize('name', ['test_vim', 'test_lbvim'])
+def test_chained_blocks_match_block_by_block(monkeypatch, name, train):
+    """Each residual add runs inside the next norm (the last inside the final norm): the same logits and gradients
+    as block after block, in training too (drop path, ShuffleMamba); a chain that normalises the stale residual is
+    caught."""
+    torch.manual_seed(0)
+    model = timm.create_model(name, embed_dim=32, d_state=8, depth=3, num_classes=5, drop_path_rate=0.5 * train,
+                              layer_shuffle_prob=float(train)).train(train)
+    x = torch.randn(2, 3, 64, 64)
+    fused_calls = []
+
+    def counting_add_rms_norm(residual, branch, norm):
+        fused_calls.append(norm)
+        return add_rms_norm(residual, branch, norm)
+
+    monkeypatch.setattr(vim, 'add_rms_norm', counting_add_rms_norm)
+    assert _chain_mismatch(model, x) < 1e-6
+    # the three adds ran fused: into the norms of blocks 1 and 2 and into the final norm (forward only)
+    assert fused_calls == [model.blocks[1].norm, model.blocks[2].norm, model.norm]
+
+    monkeypatch.setattr(vim, 'add_rms_norm', lambda residual, branch, norm: (residual + branch, norm(residual)))
+    assert _chain_mismatch(model, x) > 1e-3
 
 
 def test_optimizer_helpers_and_classifier_reset():
@@ -448,3 +506,17 @@ def test_rms_norm_fp32_formula():
     torch.testing.assert_close(norm(x.float()).double(), expected, rtol=1e-6, atol=1e-6)
     assert norm(x.to(torch.bfloat16)).dtype == torch.float32  # fp32 stream in, weight dtype out
     assert norm.to(torch.bfloat16)(x.float()).dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize('patch, size', [((16, 16), (32, 48)), ((4, 2), (8, 6))])
+def test_patch_tokens_equal_the_patch_convolution(patch, size):
+    """The stride = kernel patch embedding runs as one GEMM over the patches: the convolution's tokens, raster order,
+    in fp64 to rounding (a wrong patch or channel order moves them by O(1))."""
+    from vmamba.models.vim import patch_tokens
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, *size, generator=gen, dtype=torch.float64)
+    conv = torch.nn.Conv2d(3, 5, patch, stride=patch, dtype=torch.float64)
+    tokens, grid = patch_tokens(x, conv.weight, conv.bias)
+    expected = conv(x)
+    assert grid == tuple(expected.shape[-2:])
+    torch.testing.assert_close(tokens, expected.flatten(2).transpose(1, 2), rtol=1e-12, atol=1e-12)

@@ -9,7 +9,8 @@
   sequences.
 - :func:`gated_group_sum` (``gated_sum.py``): Vim's mixer epilogue, sum of the G direction outputs gated by SiLU(z).
 - :func:`layer_norm_last_dim` / :func:`layer_norm_channels_first` (``layer_norm.py``): LayerNorm of channels-last
-  maps and of NCHW maps read in place, many rows per program.
+  maps and of NCHW maps read in place, many rows per program; :func:`rms_norm_last_dim` and
+  :func:`add_rms_norm_last_dim` (residual add + RMSNorm in one pass, Vim's blocks) on the same kernels.
 - :func:`gelu_recompute_backward` (``gelu.py``): ``RecomputeActMlp``'s backward GELU recomputation, derivative and
   fc1 bias gradient in one pass.
 - ``layout.py``: the memory orders (channel-major / token-major) of the scan's tensors.
@@ -19,11 +20,11 @@ from .conv import depthwise_conv_silu
 from .gated_sum import gated_group_sum
 from .gelu import gelu_recompute_backward
 from .interface import scan_backend, selective_scan
-from .layer_norm import layer_norm_channels_first, layer_norm_last_dim
+from .layer_norm import add_rms_norm_last_dim, layer_norm_channels_first, layer_norm_last_dim, rms_norm_last_dim
 from .reference import selective_scan_ref
 from .routes import gather_routes, merge_routes, merge_routes_layer_norm
 
 __all__ = ['selective_scan', 'selective_scan_ref', 'scan_backend', 'gather_routes', 'merge_routes',
            'merge_routes_layer_norm',
            'depthwise_conv_silu', 'gated_group_sum', 'gelu_recompute_backward', 'layer_norm_last_dim',
-           'layer_norm_channels_first']
+           'layer_norm_channels_first', 'rms_norm_last_dim', 'add_rms_norm_last_dim']

@@ -1,4 +1,4 @@
-"""Triton kernels of the LayerNorm over the last dim (channels-last maps, token sequences).
+"""Triton kernels of the LayerNorm and RMSNorm over the last dim (channels-last maps, token sequences).
 
 ``x`` is viewed as ``(M, C)`` rows: unit column stride, one row stride (e.g. ``x_wide[..., :C]`` is read in place).
 A program owns a ``(BLOCK_M, BLOCK_C)`` tile, ``BLOCK_C = next_pow2(C)`` (a whole row per tile row, masked past C),
@@ -12,7 +12,12 @@ is approximate, and for C = 1 the backward amplifies its ulp by rstd = 1/sqrt(ep
     dx = rstd * (g - mean_C(g) - xhat * mean_C(g * xhat))                   (M, C) contiguous, x's dtype
     dweight = sum_M(dy * xhat);  dbias = sum_M(dy)
 
-* ``_layer_norm_fwd_kernel``: program = one row block; stores y and the row statistics mean, rstd (M,) fp32.
+With ``RMS`` (a compile-time flag of every kernel) the same kernels compute RMSNorm, as ``F.rms_norm``: mean := 0
+(no centring), so ``rstd = 1 / sqrt(mean_C(x^2) + eps)``, ``y = x * rstd * weight``, and the backward loses its
+``mean_C(g)`` term: ``dx = rstd * (g - xhat * mean_C(g * xhat))``. The mean is then neither stored nor read.
+
+* ``_layer_norm_fwd_kernel``: program = one row block; stores y and the row statistics mean (LayerNorm only),
+  rstd (M,) fp32.
 * ``_layer_norm_bwd_kernel``: ``P = min(row blocks, 2 * SMs)`` programs, program p visits row blocks p, p + P, ...;
   stores dx and accumulates dy * xhat, dy in tile-shaped fp32 registers, reduced once into its partial dweight /
   dbias rows (P, C) fp32 (no atomics), which the launcher sums.
@@ -25,8 +30,8 @@ is approximate, and for C = 1 the backward amplifies its ulp by rstd = 1/sqrt(ep
   differs, in branch's dtype (the two input gradients of the add).
 
 ``C`` is limited to :data:`MAX_CHANNELS` (larger rows would spill registers; the caller, ``vmamba/kernels/
-layer_norm.py``, runs PyTorch's per-row kernel for them). The PyTorch twins are ``layer_norm_last_dim_ref`` and
-``add_layer_norm_last_dim_ref`` there.
+layer_norm.py``, runs PyTorch's per-row kernel for them). The PyTorch twins are ``layer_norm_last_dim_ref``,
+``add_layer_norm_last_dim_ref``, ``rms_norm_last_dim_ref`` and ``add_rms_norm_last_dim_ref`` there.
 """
 from __future__ import annotations
 
@@ -53,13 +58,18 @@ def _row_offsets(rows, pixels, stride_i, stride_p):
 
 @triton.jit
 def _normalize(x, mask, w_ptr, b_ptr, cols, mask_c, inv_channels, eps,
-               HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr):
+               HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, RMS: tl.constexpr):
     """x (BLOCK_M, BLOCK_C) fp32, 0 where masked -> y = (x - mean) * rstd * weight + bias (fp32), mean, rstd
-    (BLOCK_M,)."""
-    mean = tl.sum(x, axis=1) * inv_channels
-    xc = tl.where(mask, x - mean[:, None], 0.0)
-    var = tl.sum(xc * xc, axis=1) * inv_channels
+    (BLOCK_M,); mean = 0 with ``RMS``."""
+    if RMS:
+        xc = x
+    else:
+        mean = tl.sum(x, axis=1) * inv_channels
+        xc = tl.where(mask, x - mean[:, None], 0.0)
+    var = tl.sum(xc * xc, axis=1) * inv_channels  # the mean square with RMS
     rstd = 1.0 / tl.sqrt(var + eps)
+    if RMS:
+        mean = tl.zeros_like(rstd)
     y = xc * rstd[:, None]
     if HAS_WEIGHT:
         y = y * tl.load(w_ptr + cols, mask=mask_c, other=0.0).to(tl.float32)[None, :]
@@ -69,11 +79,27 @@ def _normalize(x, mask, w_ptr, b_ptr, cols, mask_c, inv_channels, eps,
 
 
 @triton.jit
-def _normalize_backward(g, xhat, rstd, inv_channels):
-    """g = dy * weight, xhat (BLOCK_M, BLOCK_C) fp32, 0 where masked; rstd (BLOCK_M,) -> dx (fp32)."""
-    mean_g = tl.sum(g, axis=1) * inv_channels
+def _normalize_backward(g, xhat, rstd, inv_channels, RMS: tl.constexpr):
+    """g = dy * weight, xhat (BLOCK_M, BLOCK_C) fp32, 0 where masked; rstd (BLOCK_M,) -> dx (fp32) (no mean_C(g)
+    term with ``RMS``)."""
     mean_gx = tl.sum(g * xhat, axis=1) * inv_channels
-    return (g - mean_g[:, None] - xhat * mean_gx[:, None]) * rstd[:, None]
+    if RMS:
+        centred = g - xhat * mean_gx[:, None]
+    else:
+        mean_g = tl.sum(g, axis=1) * inv_channels
+        centred = g - mean_g[:, None] - xhat * mean_gx[:, None]
+    return centred * rstd[:, None]
+
+
+@triton.jit
+def _normalized(x, mask, mask_m, mean_ptr, rstd_ptr, rows, RMS: tl.constexpr):
+    """xhat = (x - mean) * rstd (x * rstd with ``RMS``), 0 where masked, from the stored row statistics; rstd."""
+    rstd = tl.load(rstd_ptr + rows, mask=mask_m, other=0.0)
+    if RMS:
+        xc = x
+    else:
+        xc = x - tl.load(mean_ptr + rows, mask=mask_m, other=0.0)[:, None]
+    return tl.where(mask, xc * rstd[:, None], 0.0), rstd
 
 
 @triton.jit
@@ -81,7 +107,7 @@ def _layer_norm_fwd_kernel(
         x_ptr, w_ptr, b_ptr, y_ptr, mean_ptr, rstd_ptr,
         num_rows, channels, pixels, stride_xi, stride_xp, stride_xc, stride_yi, stride_yp, stride_yc,
         inv_channels, eps,
-        HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, STORE_STATS: tl.constexpr,
+        HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, STORE_STATS: tl.constexpr, RMS: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -93,11 +119,12 @@ def _layer_norm_fwd_kernel(
 
     x_offs = _row_offsets(rows, pixels, stride_xi, stride_xp)[:, None] + cols[None, :] * stride_xc
     x = tl.load(x_ptr + x_offs, mask=mask, other=0.0).to(tl.float32)
-    y, mean, rstd = _normalize(x, mask, w_ptr, b_ptr, cols, mask_c, inv_channels, eps, HAS_WEIGHT, HAS_BIAS)
+    y, mean, rstd = _normalize(x, mask, w_ptr, b_ptr, cols, mask_c, inv_channels, eps, HAS_WEIGHT, HAS_BIAS, RMS)
     y_offs = _row_offsets(rows, pixels, stride_yi, stride_yp)[:, None] + cols[None, :] * stride_yc
     tl.store(y_ptr + y_offs, y.to(y_ptr.dtype.element_ty), mask=mask)
     if STORE_STATS:
-        tl.store(mean_ptr + rows, mean, mask=mask_m)
+        if not RMS:
+            tl.store(mean_ptr + rows, mean, mask=mask_m)
         tl.store(rstd_ptr + rows, rstd, mask=mask_m)
 
 
@@ -106,7 +133,7 @@ def _layer_norm_bwd_kernel(
         x_ptr, dy_ptr, w_ptr, mean_ptr, rstd_ptr, dx_ptr, dw_part_ptr, db_part_ptr,
         num_rows, channels, pixels, stride_xi, stride_xp, stride_xc, stride_yi, stride_yp, stride_yc,
         stride_dxi, stride_dxp, stride_dxc, inv_channels, num_programs, blocks_per_program,
-        HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
+        HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, RMS: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -126,14 +153,12 @@ def _layer_norm_bwd_kernel(
         x = tl.load(x_ptr + x_offs, mask=mask, other=0.0).to(tl.float32)
         tile_offs = _row_offsets(rows, pixels, stride_yi, stride_yp)[:, None] + cols[None, :] * stride_yc
         dy = tl.load(dy_ptr + tile_offs, mask=mask, other=0.0).to(tl.float32)
-        mean = tl.load(mean_ptr + rows, mask=mask_m, other=0.0)
-        rstd = tl.load(rstd_ptr + rows, mask=mask_m, other=0.0)
-        xhat = tl.where(mask, (x - mean[:, None]) * rstd[:, None], 0.0)
+        xhat, rstd = _normalized(x, mask, mask_m, mean_ptr, rstd_ptr, rows, RMS)
         if HAS_WEIGHT:
             g = dy * w[None, :]
         else:
             g = dy
-        dx = _normalize_backward(g, xhat, rstd, inv_channels)
+        dx = _normalize_backward(g, xhat, rstd, inv_channels, RMS)
         dx_offs = _row_offsets(rows, pixels, stride_dxi, stride_dxp)[:, None] + cols[None, :] * stride_dxc
         tl.store(dx_ptr + dx_offs, dx.to(dx_ptr.dtype.element_ty), mask=mask)
         if HAS_WEIGHT:
@@ -151,7 +176,7 @@ def _layer_norm_bwd_kernel(
 def _add_layer_norm_fwd_kernel(
         r_ptr, b_ptr, w_ptr, bias_ptr, s_ptr, y_ptr, mean_ptr, rstd_ptr,
         num_rows, channels, stride_rm, stride_bm, inv_channels, eps,
-        HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, STORE_STATS: tl.constexpr,
+        HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, STORE_STATS: tl.constexpr, RMS: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -169,10 +194,11 @@ def _add_layer_norm_fwd_kernel(
     dense_offs = rows64[:, None] * channels + cols[None, :]
     tl.store(s_ptr + dense_offs, s, mask=mask)
     y, mean, rstd = _normalize(s.to(tl.float32), mask, w_ptr, bias_ptr, cols, mask_c, inv_channels, eps,
-                               HAS_WEIGHT, HAS_BIAS)
+                               HAS_WEIGHT, HAS_BIAS, RMS)
     tl.store(y_ptr + dense_offs, y.to(y_ptr.dtype.element_ty), mask=mask)
     if STORE_STATS:
-        tl.store(mean_ptr + rows, mean, mask=mask_m)
+        if not RMS:
+            tl.store(mean_ptr + rows, mean, mask=mask_m)
         tl.store(rstd_ptr + rows, rstd, mask=mask_m)
 
 
@@ -180,7 +206,7 @@ def _add_layer_norm_fwd_kernel(
 def _add_layer_norm_bwd_kernel(
         s_ptr, dy_ptr, ds_ptr, w_ptr, mean_ptr, rstd_ptr, dr_ptr, db_ptr, dw_part_ptr, dbias_part_ptr,
         num_rows, channels, inv_channels, num_programs, blocks_per_program,
-        HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, STORE_BRANCH_GRAD: tl.constexpr,
+        HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, STORE_BRANCH_GRAD: tl.constexpr, RMS: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -199,14 +225,12 @@ def _add_layer_norm_bwd_kernel(
         s = tl.load(s_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         dy = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         ds = tl.load(ds_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        mean = tl.load(mean_ptr + rows, mask=mask_m, other=0.0)
-        rstd = tl.load(rstd_ptr + rows, mask=mask_m, other=0.0)
-        xhat = tl.where(mask, (s - mean[:, None]) * rstd[:, None], 0.0)
+        xhat, rstd = _normalized(s, mask, mask_m, mean_ptr, rstd_ptr, rows, RMS)
         if HAS_WEIGHT:
             g = dy * w[None, :]
         else:
             g = dy
-        d_sum = ds + _normalize_backward(g, xhat, rstd, inv_channels)
+        d_sum = ds + _normalize_backward(g, xhat, rstd, inv_channels, RMS)
         tl.store(dr_ptr + offs, d_sum.to(dr_ptr.dtype.element_ty), mask=mask)
         if STORE_BRANCH_GRAD:
             tl.store(db_ptr + offs, d_sum.to(db_ptr.dtype.element_ty), mask=mask)
@@ -270,16 +294,17 @@ def _program_count(num_blocks: int, device: torch.device) -> int:
 
 
 def layer_norm_fwd(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor], eps: float,
-                   out_dtype: Optional[torch.dtype] = None, store_stats: bool = True,
+                   out_dtype: Optional[torch.dtype] = None, store_stats: bool = True, rms: bool = False,
                    ) -> Tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
     """x (M, C) unit column stride, any row stride, or (B, C, P) unit pixel stride (normalised over C); weight,
     bias (C,) contiguous or None -> y (rows, C) contiguous in ``out_dtype`` (default x's dtype; for (B, C, P) maps
     that is channels-last memory), mean and rstd (rows,) fp32 (rows: M, or B * P in (b, p) order); with
-    ``store_stats=False`` (no backward to come) mean and rstd are neither allocated nor written (None)."""
+    ``store_stats=False`` (no backward to come) mean and rstd are neither allocated nor written (None). ``rms``:
+    RMSNorm instead of LayerNorm (no mean: None)."""
     num_rows, channels, pixels, x_strides, y_strides, _ = _geometry(x)
     _check_channels(channels)
     y = x.new_empty((num_rows, channels), dtype=out_dtype or x.dtype)
-    mean = x.new_empty((num_rows,), dtype=torch.float32) if store_stats else None
+    mean = x.new_empty((num_rows,), dtype=torch.float32) if store_stats and not rms else None
     rstd = x.new_empty((num_rows,), dtype=torch.float32) if store_stats else None
     if y.numel() == 0:
         return y, mean, rstd
@@ -287,19 +312,19 @@ def layer_norm_fwd(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Option
     grid = (cdiv(num_rows, block_m),)
     _layer_norm_fwd_kernel[grid](
         x, y if weight is None else weight, y if bias is None else bias, y,
-        mean if store_stats else y, rstd if store_stats else y,
+        y if mean is None else mean, rstd if store_stats else y,
         num_rows, channels, pixels, *x_strides, *y_strides, 1.0 / channels, float(eps),
-        HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, STORE_STATS=store_stats,
+        HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, STORE_STATS=store_stats, RMS=rms,
         BLOCK_M=block_m, BLOCK_C=block_c, num_warps=num_warps)
     return y, mean, rstd
 
 
 def layer_norm_bwd(grad_out: torch.Tensor, x: torch.Tensor, weight: Optional[torch.Tensor],
-                   bias: Optional[torch.Tensor], mean: torch.Tensor, rstd: torch.Tensor,
+                   bias: Optional[torch.Tensor], mean: Optional[torch.Tensor], rstd: torch.Tensor, rms: bool = False,
                    ) -> Tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
-    """grad_out (rows, C) contiguous like y (any float dtype); x, weight, bias as for the forward; mean, rstd
-    (rows,) fp32 from the forward -> dx of x's shape, contiguous, in x's dtype, dweight (C,) in weight's dtype or
-    None, dbias likewise."""
+    """grad_out (rows, C) contiguous like y (any float dtype); x, weight, bias, ``rms`` as for the forward; mean
+    (unread with ``rms``: may be None), rstd (rows,) fp32 from the forward -> dx of x's shape, contiguous, in x's
+    dtype, dweight (C,) in weight's dtype or None, dbias likewise."""
     num_rows, channels, pixels, x_strides, y_strides, dx_strides = _geometry(x)
     _check_channels(channels)
     if grad_out.shape != (num_rows, channels) or not grad_out.is_contiguous():
@@ -317,10 +342,10 @@ def layer_norm_bwd(grad_out: torch.Tensor, x: torch.Tensor, weight: Optional[tor
     # Partial dweight / dbias rows of every program, (2, P, C) fp32 (one allocation).
     parts = x.new_empty((2, num_programs, channels), dtype=torch.float32)
     _layer_norm_bwd_kernel[(num_programs,)](
-        x, grad_out, dx if weight is None else weight, mean, rstd, dx, parts[0], parts[1],
+        x, grad_out, dx if weight is None else weight, rstd if mean is None else mean, rstd, dx, parts[0], parts[1],
         num_rows, channels, pixels, *x_strides, *y_strides, *dx_strides, 1.0 / channels, num_programs,
         blocks_per_program,
-        HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None,
+        HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, RMS=rms,
         BLOCK_M=block_m, BLOCK_C=block_c, num_warps=num_warps)
     dweight = None if weight is None else parts[0].sum(0).to(weight.dtype)
     dbias = None if bias is None else parts[1].sum(0).to(bias.dtype)
@@ -329,11 +354,12 @@ def layer_norm_bwd(grad_out: torch.Tensor, x: torch.Tensor, weight: Optional[tor
 
 def add_layer_norm_fwd(residual: torch.Tensor, branch: torch.Tensor, weight: Optional[torch.Tensor],
                        bias: Optional[torch.Tensor], eps: float, out_dtype: Optional[torch.dtype] = None,
-                       store_stats: bool = True,
+                       store_stats: bool = True, rms: bool = False,
                        ) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
     """residual, branch (M, C) unit column stride, any row strides (each its own); weight, bias (C,) contiguous or
-    None -> s = residual + branch (M, C) contiguous in their promoted dtype, y = LayerNorm(s) (M, C) contiguous in
-    ``out_dtype`` (default s's dtype), mean and rstd (M,) fp32 of s (None with ``store_stats=False``)."""
+    None -> s = residual + branch (M, C) contiguous in their promoted dtype, y = LayerNorm(s) (RMSNorm(s) with
+    ``rms``) (M, C) contiguous in ``out_dtype`` (default s's dtype), mean and rstd (M,) fp32 of s (None with
+    ``store_stats=False``; mean None with ``rms``)."""
     _check_rows('residual', residual)
     _check_rows('branch', branch)
     if branch.shape != residual.shape:
@@ -343,26 +369,27 @@ def add_layer_norm_fwd(residual: torch.Tensor, branch: torch.Tensor, weight: Opt
     _check_channels(channels)
     s = residual.new_empty((num_rows, channels), dtype=torch.promote_types(residual.dtype, branch.dtype))
     y = residual.new_empty((num_rows, channels), dtype=out_dtype or s.dtype)
-    mean = residual.new_empty((num_rows,), dtype=torch.float32) if store_stats else None
+    mean = residual.new_empty((num_rows,), dtype=torch.float32) if store_stats and not rms else None
     rstd = residual.new_empty((num_rows,), dtype=torch.float32) if store_stats else None
     if y.numel() == 0:
         return s, y, mean, rstd
     block_m, block_c, num_warps = _tile(channels)
     _add_layer_norm_fwd_kernel[(cdiv(num_rows, block_m),)](
         residual, branch, y if weight is None else weight, y if bias is None else bias, s, y,
-        mean if store_stats else y, rstd if store_stats else y,
+        y if mean is None else mean, rstd if store_stats else y,
         num_rows, channels, residual.stride(0), branch.stride(0), 1.0 / channels, float(eps),
-        HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, STORE_STATS=store_stats,
+        HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, STORE_STATS=store_stats, RMS=rms,
         BLOCK_M=block_m, BLOCK_C=block_c, num_warps=num_warps)
     return s, y, mean, rstd
 
 
 def add_layer_norm_bwd(grad_y: torch.Tensor, grad_s: torch.Tensor, s: torch.Tensor, weight: Optional[torch.Tensor],
-                       bias: Optional[torch.Tensor], mean: torch.Tensor, rstd: torch.Tensor,
-                       residual_dtype: torch.dtype, branch_dtype: torch.dtype,
+                       bias: Optional[torch.Tensor], mean: Optional[torch.Tensor], rstd: torch.Tensor,
+                       residual_dtype: torch.dtype, branch_dtype: torch.dtype, rms: bool = False,
                        ) -> Tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor], Optional[torch.Tensor]]:
-    """grad_y, grad_s, s (M, C) contiguous (any float dtypes); weight, bias as for the forward; mean, rstd (M,) fp32
-    from the forward -> d_residual = grad_s + LayerNorm backward of grad_y (M, C) in ``residual_dtype``, d_branch
+    """grad_y, grad_s, s (M, C) contiguous (any float dtypes); weight, bias, ``rms`` as for the forward; mean (unread
+    with ``rms``: may be None), rstd (M,) fp32 from the forward -> d_residual = grad_s + LayerNorm (RMSNorm) backward
+    of grad_y (M, C) in ``residual_dtype``, d_branch
     (the same sum in ``branch_dtype``; None when that is ``residual_dtype``: d_residual is d_branch), dweight (C,)
     in weight's dtype or None, dbias likewise."""
     num_rows, channels = s.shape
@@ -382,10 +409,10 @@ def add_layer_norm_bwd(grad_y: torch.Tensor, grad_s: torch.Tensor, s: torch.Tens
     num_programs = _program_count(num_blocks, s.device)
     parts = s.new_empty((2, num_programs, channels), dtype=torch.float32)
     _add_layer_norm_bwd_kernel[(num_programs,)](
-        s, grad_y, grad_s, s if weight is None else weight, mean, rstd, d_residual,
+        s, grad_y, grad_s, s if weight is None else weight, rstd if mean is None else mean, rstd, d_residual,
         d_residual if d_branch is None else d_branch, parts[0], parts[1],
         num_rows, channels, 1.0 / channels, num_programs, cdiv(num_blocks, num_programs),
-        HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, STORE_BRANCH_GRAD=d_branch is not None,
+        HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, STORE_BRANCH_GRAD=d_branch is not None, RMS=rms,
         BLOCK_M=block_m, BLOCK_C=block_c, num_warps=num_warps)
     dweight = None if weight is None else parts[0].sum(0).to(weight.dtype)
     dbias = None if bias is None else parts[1].sum(0).to(bias.dtype)
