@@ -110,7 +110,7 @@ def measured_throughput(arch: str, results_dir: Path = RESULTS_DIR) -> List[Dict
                     r.get('infer_img_s') or r.get('train_img_s')):
                 rows.append(dict(r, device=report.get('device'), device_type=report.get('device_type'),
                                  date=report.get('date'), precision=report.get('precision'),
-                                 file=path.name))
+                                 mode='CUDA graph' if report.get('cuda_graph') else 'eager', file=path.name))
     return sorted(rows, key=lambda r: r.get('device_type') != 'cuda')
 
 
@@ -160,12 +160,12 @@ def card_text(name: str) -> str:
         '',
     ]
     if measured:
-        lines += ['| device | date | precision | batch | input | infer img/s | train img/s | source |',
-                  '|---|---|---|---:|---:|---:|---:|---|']
+        lines += ['| device | date | precision | mode | batch | input | infer img/s | train img/s | source |',
+                  '|---|---|---|---|---:|---:|---:|---:|---|']
         for r in measured:
             infer = f'{r["infer_img_s"]:,.1f}' if r.get('infer_img_s') else '-'
             train = f'{r["train_img_s"]:,.1f}' if r.get('train_img_s') else '-'
-            lines.append(f'| {r["device"]} | {r["date"]} | {r["precision"]} | {r.get("batch_size")} | '
+            lines.append(f'| {r["device"]} | {r["date"]} | {r["precision"]} | {r["mode"]} | {r.get("batch_size")} | '
                          f'{r["input_size"][-1]} | {infer} | {train} | benchmarks/results/{r["file"]} |')
     else:
         lines.append('Not yet measured (run `python tools/benchmark.py` and regenerate the cards).')
