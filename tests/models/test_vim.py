@@ -407,17 +407,34 @@ def test_chained_blocks_match_block_by_block(monkeypatch, name, train):
     x = torch.randn(2, 3, 64, 64)
     fused_calls = []
 
-    def counting_add_rms_norm(residual, branch, norm):
+    def counting_add_rms_norm(residual, branch, norm, out_dtype=None):
         fused_calls.append(norm)
-        return add_rms_norm(residual, branch, norm)
+        return add_rms_norm(residual, branch, norm, out_dtype)
 
     monkeypatch.setattr(vim, 'add_rms_norm', counting_add_rms_norm)
     assert _chain_mismatch(model, x) < 1e-6
     # the three adds ran fused: into the norms of blocks 1 and 2 and into the final norm (forward only)
     assert fused_calls == [model.blocks[1].norm, model.blocks[2].norm, model.norm]
 
-    monkeypatch.setattr(vim, 'add_rms_norm', lambda residual, branch, norm: (residual + branch, norm(residual)))
+    monkeypatch.setattr(vim, 'add_rms_norm', lambda residual, branch, norm, out_dtype=None: (
+        residual + branch, norm(residual)))
     assert _chain_mismatch(model, x) > 1e-3
+
+
+def test_chained_blocks_under_autocast_write_the_mixer_dtype():
+    """Under autocast the block norms write the mixers' inputs in the autocast dtype (the dtype their input
+    projections cast to): the same logits and gradients as norms in fp32 followed by autocast's cast; the stream and
+    the final norm stay fp32."""
+    torch.manual_seed(0)
+    model = timm.create_model('test_vim', embed_dim=32, d_state=8, depth=3, num_classes=5)
+    x = torch.randn(2, 3, 64, 64)
+    seen = []
+    model.blocks[1].mixer.register_forward_pre_hook(lambda module, args: seen.append(args[0].dtype))
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        assert _chain_mismatch(model, x) == 0
+        features = model.forward_features(x)
+    assert seen[0] == torch.bfloat16 and seen[1] == torch.float32  # chained forward, then the fp32-norm reference
+    assert features.dtype == torch.float32
 
 
 def test_optimizer_helpers_and_classifier_reset():

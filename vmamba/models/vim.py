@@ -49,6 +49,7 @@ from timm.models._manipulate import checkpoint
 
 from vmamba.layers.layer_shuffle import layer_shuffle_probs, token_shuffled_call
 from vmamba.layers.mamba_mixer import MIXER_SCANS, MambaMixer
+from vmamba.layers.packing import autocast_dtype
 from vmamba.layers.rms_norm import RmsNormFp32, add_rms_norm
 from vmamba.official import register_official
 from vmamba.pretrained import build_model
@@ -232,6 +233,19 @@ def add_class_token_and_pos_embed(
     return x + pos_embed
 
 
+@register_notrace_function  # reads the autocast state: a leaf for torch.fx (a public name: fx skips `_` globals)
+def mixer_input_norm(x: torch.Tensor, pending: Optional[torch.Tensor],
+                 norm: nn.Module) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(x + pending, norm(x + pending)) with the add inside the norm (:func:`~vmamba.layers.rms_norm.add_rms_norm`):
+    x (B, L, D) stream, pending (B, L, D) or None -> stream (B, L, D), the mixer's input (B, L, D). Under autocast
+    the norm writes the autocast dtype, the dtype the mixer's input projection casts to (the same rounding, one
+    pass less); else ``norm.weight``'s dtype."""
+    dtype = autocast_dtype(x.device.type)
+    if pending is None:
+        return x, norm(x, out_dtype=dtype)
+    return add_rms_norm(x, pending, norm, dtype)
+
+
 class VimBlock(nn.Module):
     """Pre-norm residual Mamba block: ``x + drop_path(mixer(RMSNorm(x)))`` on a (B, L, D) token stream.
 
@@ -277,10 +291,7 @@ class VimBlock(nn.Module):
         residual add: returns (residual, branch) with block output = residual + branch. The add of ``pending``
         runs inside ``norm`` (:func:`~vmamba.layers.rms_norm.add_rms_norm`): x (B, L, D) residual stream, pending
         (B, L, D) or None -> residual (B, L, D) in their promoted dtype, branch (B, L, D) in the mixer's dtype."""
-        if pending is None:
-            y = self.norm(x)
-        else:
-            x, y = add_rms_norm(x, pending, self.norm)
+        x, y = mixer_input_norm(x, pending, self.norm)
         if self.training and self.shuffle_prob > 0.:  # RMSNorm is per token: shuffling its output = its input
             h = token_shuffled_call(self.mixer, y, self.shuffle_prob)
         else:
