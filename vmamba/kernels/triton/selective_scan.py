@@ -564,7 +564,8 @@ def _selective_scan_bwd_step_kernel(
     block start (stored by the step forward's pre-pass), recomputes the block's STEPS states in registers, then
     steps back through them with the adjoint ``adj_t = C_t dy_t + a_{t+1} adj_{t+1}``. dB/dC of each position are
     summed over the program's channels and added across programs (atomics when ATOMIC_BC). Sequence tensors are
-    addressed through their strides, as in the step forward."""
+    addressed through their strides, and each group's direction is a bit of ``reverse_bits``, as in the step
+    forward."""
     pid_d = tl.program_id(0)
     group = tl.program_id(1).to(tl.int64) + group_offset
     reverse = (reverse_bits >> tl.program_id(1)) & 1  # this group scans from the end
