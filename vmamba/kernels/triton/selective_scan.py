@@ -72,14 +72,17 @@ def _load_dt(delta_ptr, offsets, mask, delta_bias, HAS_DELTA_BIAS: tl.constexpr,
 
 
 @triton.jit
-def _step_dt(delta_ptrs, mask, delta_bias, HAS_DELTA_BIAS: tl.constexpr, DELTA_SOFTPLUS: tl.constexpr):
-    """dt of one position for a vector of channels (step kernels); 0 where masked (the state then passes unchanged)."""
-    dt = tl.load(delta_ptrs, mask=mask, other=0.0).to(tl.float32)
+def _step_dt(delta, mask, delta_bias, HAS_DELTA_BIAS: tl.constexpr, DELTA_SOFTPLUS: tl.constexpr):
+    """delta of one position for a vector of channels (step kernels), fp32 -> dt = softplus(delta + bias) (or
+    without softplus), 0 where masked (the state then passes unchanged), and the pre-activation delta + bias."""
+    pre = delta
     if HAS_DELTA_BIAS:
-        dt += delta_bias
+        pre += delta_bias
     if DELTA_SOFTPLUS:
-        dt = _softplus(dt)
-    return tl.where(mask, dt, 0.0)
+        dt = _softplus(pre)
+    else:
+        dt = pre
+    return tl.where(mask, dt, 0.0), pre
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -283,6 +286,8 @@ def _selective_scan_fwd_step_kernel(
         D = tl.load(D_ptr + chan, mask=mask_d, other=0.0)
     if HAS_DELTA_BIAS:
         delta_bias = tl.load(delta_bias_ptr + chan, mask=mask_d, other=0.0)
+    else:
+        delta_bias = None
     u_row = batch * su_b + chan * su_c
     dt_row = batch * sdt_b + chan * sdt_c
     z_row = batch * sz_b + chan * sz_c
@@ -308,12 +313,7 @@ def _selective_scan_fwd_step_kernel(
             i = chunk * STEPS + j
             mask = mask_d & (i < length)
             u = us[j].to(tl.float32)
-            dt = deltas[j].to(tl.float32)
-            if HAS_DELTA_BIAS:
-                dt += delta_bias
-            if DELTA_SOFTPLUS:
-                dt = _softplus(dt)
-            dt = tl.where(mask, dt, 0.0)  # positions past the end: dt = 0, so the state passes unchanged
+            dt, _ = _step_dt(deltas[j].to(tl.float32), mask, delta_bias, HAS_DELTA_BIAS, DELTA_SOFTPLUS)
             h = tl.exp2(dt[None, :] * A2) * h + Bs[j].to(tl.float32)[:, None] * (dt * u)[None, :]
             if WRITE_OUTPUT:
                 y = tl.sum(h * Cs[j].to(tl.float32)[:, None], axis=0)
@@ -619,7 +619,8 @@ def _selective_scan_bwd_step_kernel(
             t = _step_position(i, length, reverse)
             mask = mask_d & (i < length)
             u = tl.load(u_ptr + u_row + t * su_l, mask=mask, other=0.0).to(tl.float32)
-            dt = _step_dt(delta_ptr + dt_row + t * sdt_l, mask, delta_bias, HAS_DELTA_BIAS, DELTA_SOFTPLUS)
+            dt, _ = _step_dt(tl.load(delta_ptr + dt_row + t * sdt_l, mask=mask, other=0.0).to(tl.float32), mask,
+                             delta_bias, HAS_DELTA_BIAS, DELTA_SOFTPLUS)
             Bv = tl.load(B_ptr + B_row + t * sB_l, mask=mask_n & (i < length), other=0.0).to(tl.float32)
             h = tl.exp2((dt * 1.4426950408889634)[None, :] * A) * h + Bv[:, None] * (dt * u)[None, :]
             hs = hs + (h,)
@@ -631,14 +632,8 @@ def _selective_scan_bwd_step_kernel(
             mask = mask_d & (i < length)
             mask_bc = mask_n & (i < length)
             u = tl.load(u_ptr + u_row + t * su_l, mask=mask, other=0.0).to(tl.float32)
-            dt_pre = tl.load(delta_ptr + dt_row + t * sdt_l, mask=mask, other=0.0).to(tl.float32)
-            if HAS_DELTA_BIAS:
-                dt_pre += delta_bias
-            if DELTA_SOFTPLUS:
-                dt = _softplus(dt_pre)
-            else:
-                dt = dt_pre
-            dt = tl.where(mask, dt, 0.0)
+            dt, dt_pre = _step_dt(tl.load(delta_ptr + dt_row + t * sdt_l, mask=mask, other=0.0).to(tl.float32),
+                                  mask, delta_bias, HAS_DELTA_BIAS, DELTA_SOFTPLUS)
             Bv = tl.load(B_ptr + B_row + t * sB_l, mask=mask_bc, other=0.0).to(tl.float32)
             Cv = tl.load(C_ptr + C_row + t * sC_l, mask=mask_bc, other=0.0).to(tl.float32)
             dout = tl.load(grad_out_ptr + g_row + t * sg_l, mask=mask, other=0.0).to(tl.float32)
