@@ -79,27 +79,39 @@ def _normalize(x, mask, w_ptr, b_ptr, cols, mask_c, inv_channels, eps,
 
 
 @triton.jit
-def _normalize_backward(g, xhat, rstd, inv_channels, RMS: tl.constexpr):
-    """g = dy * weight, xhat (BLOCK_M, BLOCK_C) fp32, 0 where masked; rstd (BLOCK_M,) -> dx (fp32) (no mean_C(g)
-    term with ``RMS``)."""
+def _tile_backward(x, dy, w, mask, mask_m, mean_ptr, rstd_ptr, rows, inv_channels,
+                   HAS_WEIGHT: tl.constexpr, RMS: tl.constexpr):
+    """One row block of a norm's backward from the stored row statistics: x, dy (BLOCK_M, BLOCK_C) fp32, 0 where
+    masked; w (BLOCK_C,) fp32 or None -> dx (fp32) and xhat = (x - mean) * rstd (x * rstd with ``RMS``), 0 where
+    masked. With g = dy * weight: dx = rstd * (g - mean_C(g) - xhat * mean_C(g * xhat)), without the mean_C(g)
+    term with ``RMS``."""
+    rstd = tl.load(rstd_ptr + rows, mask=mask_m, other=0.0)
+    if RMS:
+        xc = x
+    else:
+        xc = x - tl.load(mean_ptr + rows, mask=mask_m, other=0.0)[:, None]
+    xhat = tl.where(mask, xc * rstd[:, None], 0.0)
+    if HAS_WEIGHT:
+        g = dy * w[None, :]
+    else:
+        g = dy
     mean_gx = tl.sum(g * xhat, axis=1) * inv_channels
     if RMS:
         centred = g - xhat * mean_gx[:, None]
     else:
         mean_g = tl.sum(g, axis=1) * inv_channels
         centred = g - mean_g[:, None] - xhat * mean_gx[:, None]
-    return centred * rstd[:, None]
+    return centred * rstd[:, None], xhat
 
 
 @triton.jit
-def _normalized(x, mask, mask_m, mean_ptr, rstd_ptr, rows, RMS: tl.constexpr):
-    """xhat = (x - mean) * rstd (x * rstd with ``RMS``), 0 where masked, from the stored row statistics; rstd."""
-    rstd = tl.load(rstd_ptr + rows, mask=mask_m, other=0.0)
-    if RMS:
-        xc = x
-    else:
-        xc = x - tl.load(mean_ptr + rows, mask=mask_m, other=0.0)[:, None]
-    return tl.where(mask, xc * rstd[:, None], 0.0), rstd
+def _store_param_grad_partials(acc_dw, acc_db, dw_part_ptr, db_part_ptr, pid, channels, cols, mask_c,
+                               HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """A program's tile-shaped dweight / dbias accumulators, reduced over rows into its partial rows (P, C)."""
+    if HAS_WEIGHT:
+        tl.store(dw_part_ptr + pid * channels + cols, tl.sum(acc_dw, axis=0), mask=mask_c)
+    if HAS_BIAS:
+        tl.store(db_part_ptr + pid * channels + cols, tl.sum(acc_db, axis=0), mask=mask_c)
 
 
 @triton.jit
@@ -141,6 +153,8 @@ def _layer_norm_bwd_kernel(
     mask_c = cols < channels
     if HAS_WEIGHT:
         w = tl.load(w_ptr + cols, mask=mask_c, other=0.0).to(tl.float32)
+    else:
+        w = None
     # Tile-shaped accumulators: elementwise adds per row block, one cross-row reduction at the end.
     acc_dw = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.float32)
     acc_db = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.float32)
@@ -153,12 +167,7 @@ def _layer_norm_bwd_kernel(
         x = tl.load(x_ptr + x_offs, mask=mask, other=0.0).to(tl.float32)
         tile_offs = _row_offsets(rows, pixels, stride_yi, stride_yp)[:, None] + cols[None, :] * stride_yc
         dy = tl.load(dy_ptr + tile_offs, mask=mask, other=0.0).to(tl.float32)
-        xhat, rstd = _normalized(x, mask, mask_m, mean_ptr, rstd_ptr, rows, RMS)
-        if HAS_WEIGHT:
-            g = dy * w[None, :]
-        else:
-            g = dy
-        dx = _normalize_backward(g, xhat, rstd, inv_channels, RMS)
+        dx, xhat = _tile_backward(x, dy, w, mask, mask_m, mean_ptr, rstd_ptr, rows, inv_channels, HAS_WEIGHT, RMS)
         dx_offs = _row_offsets(rows, pixels, stride_dxi, stride_dxp)[:, None] + cols[None, :] * stride_dxc
         tl.store(dx_ptr + dx_offs, dx.to(dx_ptr.dtype.element_ty), mask=mask)
         if HAS_WEIGHT:
@@ -166,10 +175,8 @@ def _layer_norm_bwd_kernel(
         if HAS_BIAS:
             acc_db += dy
 
-    if HAS_WEIGHT:
-        tl.store(dw_part_ptr + pid * channels + cols, tl.sum(acc_dw, axis=0), mask=mask_c)
-    if HAS_BIAS:
-        tl.store(db_part_ptr + pid * channels + cols, tl.sum(acc_db, axis=0), mask=mask_c)
+    _store_param_grad_partials(acc_dw, acc_db, dw_part_ptr, db_part_ptr, pid, channels, cols, mask_c, HAS_WEIGHT,
+                               HAS_BIAS)
 
 
 @triton.jit
@@ -214,6 +221,8 @@ def _add_layer_norm_bwd_kernel(
     mask_c = cols < channels
     if HAS_WEIGHT:
         w = tl.load(w_ptr + cols, mask=mask_c, other=0.0).to(tl.float32)
+    else:
+        w = None
     acc_dw = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.float32)
     acc_dbias = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.float32)
 
@@ -225,12 +234,8 @@ def _add_layer_norm_bwd_kernel(
         s = tl.load(s_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         dy = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         ds = tl.load(ds_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        xhat, rstd = _normalized(s, mask, mask_m, mean_ptr, rstd_ptr, rows, RMS)
-        if HAS_WEIGHT:
-            g = dy * w[None, :]
-        else:
-            g = dy
-        d_sum = ds + _normalize_backward(g, xhat, rstd, inv_channels, RMS)
+        dx, xhat = _tile_backward(s, dy, w, mask, mask_m, mean_ptr, rstd_ptr, rows, inv_channels, HAS_WEIGHT, RMS)
+        d_sum = ds + dx
         tl.store(dr_ptr + offs, d_sum.to(dr_ptr.dtype.element_ty), mask=mask)
         if STORE_BRANCH_GRAD:
             tl.store(db_ptr + offs, d_sum.to(db_ptr.dtype.element_ty), mask=mask)
@@ -239,10 +244,8 @@ def _add_layer_norm_bwd_kernel(
         if HAS_BIAS:
             acc_dbias += dy
 
-    if HAS_WEIGHT:
-        tl.store(dw_part_ptr + pid * channels + cols, tl.sum(acc_dw, axis=0), mask=mask_c)
-    if HAS_BIAS:
-        tl.store(dbias_part_ptr + pid * channels + cols, tl.sum(acc_dbias, axis=0), mask=mask_c)
+    _store_param_grad_partials(acc_dw, acc_dbias, dw_part_ptr, dbias_part_ptr, pid, channels, cols, mask_c,
+                               HAS_WEIGHT, HAS_BIAS)
 
 
 # ----------------------------------------------------------------------------------------------------------------
