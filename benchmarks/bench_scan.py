@@ -102,8 +102,10 @@ SWEEP = {  # (block_d, block_l, num_warps, channel_blocks); Vim (N=16) runs the 
     ('vmamba_t_stage3_l208', 'bwd'): [(1, 128, 1, 1), (1, 256, 1, 1), (1, 64, 1, 1), (1, 256, 2, 1)],
     ('vim_s', 'bwd'): [(16, 4, 1, 1), (16, 8, 1, 1), (8, 8, 1, 1), (8, 4, 1, 1), (8, 16, 1, 1), (32, 4, 1, 1)],
     # (block_d, block_l, warps, channel_blocks[, max_registers])
-    ('vim_s_mixer_token_major', 'fwd'): [(32, 2, 1, 1, 96), (32, 4, 1, 1)],
-    ('vim_s_mixer_token_major', 'bwd'): [(32, 2, 1, 1, 128), (32, 4, 1, 1)],
+    ('vim_s_mixer_token_major', 'fwd'): [(32, 2, 1, 1, 96), (32, 2, 1, 1, 112), (32, 2, 1, 1), (32, 4, 1, 1, 128),
+                                         (32, 4, 1, 1)],
+    ('vim_s_mixer_token_major', 'bwd'): [(32, 2, 1, 1, 168), (32, 2, 1, 1, 128), (32, 2, 1, 1, 192), (32, 2, 1, 1),
+                                         (32, 3, 1, 1, 168)],
     ('effvmamba_s_stage2', 'fwd'): [(32, 4, 1, 1), (32, 2, 1, 1, 96), (32, 2, 1, 1), (32, 4, 1, 1, 128),
                                     (16, 4, 1, 1), (64, 4, 2, 1)],
     ('effvmamba_s_stage2', 'bwd'): [(32, 4, 1, 1), (32, 2, 1, 1, 128), (32, 2, 1, 1), (32, 4, 1, 1, 168),
@@ -312,12 +314,12 @@ def sweep_routes(time_budget_s, batch=128, device='cuda', shapes=((56, 96), (28,
     return '\n'.join(lines)
 
 
-def sweep(time_budget_s, cases=None):
+def sweep(time_budget_s, cases=None, kinds=('fwd', 'bwd')):
     """Best tile config per (case, direction), by median time; stops when the time budget is used up."""
     start = time.time()
     best = {}
     for (name, kind), candidates in SWEEP.items():
-        if cases and name not in cases:
+        if (cases and name not in cases) or kind not in kinds:
             continue
         case = dict(CASES[name])
         if case['num_states'] == 1:  # the chunked kernels compile once per direction: sweep one, half the compiles
@@ -328,11 +330,11 @@ def sweep(time_budget_s, cases=None):
         out, _ = selective_scan_fwd(*args, True, case['reverse'], 0, case['out_dtype'])
         grad_out = torch.randn_like(out)
         timings = []
-        for block_d, block_l, warps, channel_blocks, *max_registers in candidates:
+        for block_d, block_l, warps, channel_blocks, *extra in candidates:
             if time.time() - start > time_budget_s:
                 print(f'  sweep budget of {time_budget_s}s used up; skipping the rest of {name}/{kind}', flush=True)
                 break
-            cfg = ScanConfig(block_d, block_l, warps, channel_blocks, *max_registers)
+            cfg = ScanConfig(block_d, block_l, warps, channel_blocks, *extra)
             try:
                 rev = case['reverse']
                 if kind == 'fwd':
@@ -357,6 +359,17 @@ def sweep(time_budget_s, cases=None):
                 *args[:5], None, None, args[7], True, case['reverse'], 0, config, None, None, states)
             ms = do_bench(prepass, warmup=10, rep=50, return_mode='median')
             print(f'  {name}/bwd pre-pass alone (block_l={config.block_l}): {ms:.4f} ms', flush=True)
+        if kind == 'bwd' and case['num_states'] > 1:
+            # The step backward's pre-pass (block-start states) alone, for every swept block_l / register cap.
+            for cfg in dict.fromkeys(cfg for _, cfg in timings):
+                chunks = -(-case['length'] // cfg.block_l)
+                states = torch.empty((case['batch'], chunks, case['channels'], case['num_states']), device='cuda',
+                                     dtype=torch.float32)
+                prepass = lambda c=cfg, s=states: _triton_scan._launch_fwd_step(  # noqa: E731
+                    *args[:5], None, None, args[7], True, case['reverse'], c, None, None, s)
+                ms = do_bench(prepass, warmup=10, rep=50, return_mode='median')
+                print(f'  {name}/bwd pre-pass alone (block_d={cfg.block_d}, block_l={cfg.block_l}, '
+                      f'regs<={cfg.max_registers}): {ms:.4f} ms', flush=True)
         if timings:
             timings.sort(key=lambda t: t[0])
             default_kind = kind + '_step' if case['num_states'] > 1 else kind
@@ -373,6 +386,8 @@ def main():
     parser.add_argument('--sweep-budget', type=float, default=240.0, help='seconds for the sweep')
     parser.add_argument('--sweep-cases', nargs='*', default=None, help='sweep only these cases (default: all)')
     parser.add_argument('--quick', action='store_true', help='skip the reference check')
+    parser.add_argument('--sweep-only', action='store_true', help='stop after the tile sweep')
+    parser.add_argument('--sweep-kinds', nargs='*', default=('fwd', 'bwd'), help='sweep only these directions')
     parser.add_argument('--routes-only', action='store_true', help='only the route gather / merge kernels')
     parser.add_argument('--routes-sweep', type=float, default=0, help='seconds for a sweep of the merge kernels')
     opts = parser.parse_args()
@@ -406,8 +421,10 @@ def main():
     best = {}
     if opts.sweep:
         print('## tile sweep', flush=True)
-        best = sweep(opts.sweep_budget, opts.sweep_cases)
+        best = sweep(opts.sweep_budget, opts.sweep_cases, opts.sweep_kinds)
         report['sweep_best'] = {f'{k[0]}/{k[1]}': vars(v) for k, v in best.items()}
+        if opts.sweep_only:
+            return
 
     print('## benchmark', flush=True)
     rows = []

@@ -14,8 +14,11 @@ import pytest  # noqa: E402
 
 from vmamba.kernels.layout import is_token_major  # noqa: E402
 from vmamba.kernels.reference import selective_scan_ref  # noqa: E402
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
+
 from vmamba.kernels.triton.selective_scan import (  # noqa: E402
-    ScanConfig, selective_scan_bwd, selective_scan_fwd)
+    ScanConfig, _softplus_with_grad, selective_scan_bwd, selective_scan_fwd)
 
 DEVICE = 'cuda' if torch.cuda.is_available() else 'cpu'
 GRAD_NAMES = ('u', 'delta', 'A', 'B', 'C', 'D', 'z', 'delta_bias')
@@ -287,6 +290,35 @@ def test_rejects_mismatched_dtypes():
     inputs['B'] = inputs['B'].half()
     with pytest.raises(TypeError, match='B has dtype'):
         selective_scan_fwd(*[inputs[k] for k in GRAD_NAMES], True, (False,), 0, torch.float32)
+
+
+@triton.jit
+def _softplus_probe_kernel(x_ptr, softplus_ptr, grad_ptr, n, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0)
+    value, grad = _softplus_with_grad(x)
+    tl.store(softplus_ptr + offs, value, mask=mask)
+    tl.store(grad_ptr + offs, grad, mask=mask)
+
+
+def test_softplus_helpers_match_torch():
+    """The kernels' softplus (a degree-8 log1p fit) and its derivative, against torch in fp64, elementwise over
+    -60..60 (both sides of the threshold 20, values down to exp(-60)): relative error <= 1e-6 + 1e-7 |x| each (exp
+    through exp2 rounds x * log2(e), ~6e-8 |x| relative, as the scan kernels always have)."""
+    x = torch.cat([torch.linspace(-60, 60, 4001, dtype=torch.float64),
+                   torch.tensor([0.0, 20.0, 20.000002, -20.0, 1e-8, -1e-8], dtype=torch.float64)])
+    x32 = x.float().to(DEVICE)
+    value, grad = torch.empty_like(x32), torch.empty_like(x32)
+    _softplus_probe_kernel[(triton.cdiv(x.numel(), 1024),)](x32, value, grad, x.numel(), BLOCK=1024)
+    xd = x32.double().cpu()
+    expected = torch.where(xd > 20, xd, torch.nn.functional.softplus(xd))
+    expected_grad = torch.where(xd > 20, torch.ones_like(xd), torch.sigmoid(xd))
+    for name, got, want in (('softplus', value, expected), ('derivative', grad, expected_grad)):
+        excess = (got.double().cpu() - want).abs() / want.abs() - (1e-6 + 1e-7 * xd.abs())
+        worst = excess.argmax()
+        assert excess[worst] <= 0, (f'{name}({xd[worst].item():.6g}) = {got[worst].item():.9g}, expected '
+                                    f'{want[worst].item():.9g}')
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -43,46 +43,61 @@ def _linear_recurrence_combine(decay_first, value_first, decay_second, value_sec
 
 
 @triton.jit
-def _softplus(x):
-    """log(1 + exp(x)); x itself above 20 (Mamba's threshold). log1p is evaluated with Kahan's trick."""
-    e = tl.exp(-tl.abs(x))
-    w = 1.0 + e
-    log1p_e = tl.where(w == 1.0, e, tl.log(w) * (e / (w - 1.0)))
-    return tl.where(x > 20.0, x, tl.maximum(x, 0.0) + log1p_e)
+def _log1p_unit(e):
+    """log(1 + e) for e in [0, 1], as e * P(e): P is a degree-8 fit of log1p(e) / e, relative error <= 2.1e-7
+    evaluated in fp32 (8 FMAs, where an accurate log and Kahan's division took ~50 instructions)."""
+    p = 0.005383701 * e - 0.030109072
+    p = p * e + 0.079206824
+    p = p * e - 0.13746206
+    p = p * e + 0.19144872
+    p = p * e - 0.24852866
+    p = p * e + 0.33320332
+    p = p * e - 0.49999553
+    p = p * e + 1.0
+    return p * e
 
 
 @triton.jit
-def _softplus_grad(x):
-    return tl.where(x > 20.0, 1.0, tl.sigmoid(x))
+def _softplus_with_grad(x):
+    """(softplus(x), its derivative sigmoid(x)) from one exp(-|x|); the derivative is 1 above 20, as softplus is x
+    there. sigmoid(x) = 1 / (1 + e) for x >= 0, e / (1 + e) below, with e = exp(-|x|)."""
+    e = tl.exp2(tl.abs(x) * -1.4426950408889634)
+    r = tl.fdiv(1.0, 1.0 + e, ieee_rounding=False)
+    sig = tl.where(x >= 0.0, r, e * r)
+    above = x > 20.0
+    return tl.where(above, x, tl.maximum(x, 0.0) + _log1p_unit(e)), tl.where(above, 1.0, sig)
+
+
+@triton.jit
+def _dt_with_grad(pre, mask, DELTA_SOFTPLUS: tl.constexpr):
+    """dt = softplus(pre) (or pre) and d dt / d pre, both 0 where masked (the state then passes unchanged)."""
+    if DELTA_SOFTPLUS:
+        dt, grad = _softplus_with_grad(pre)
+    else:
+        dt = pre
+        grad = tl.full(pre.shape, 1.0, tl.float32)
+    return tl.where(mask, dt, 0.0), tl.where(mask, grad, 0.0)
 
 
 @triton.jit
 def _load_dt(delta_ptr, offsets, mask, delta_bias, HAS_DELTA_BIAS: tl.constexpr, DELTA_SOFTPLUS: tl.constexpr):
-    """dt = softplus(delta + bias) (or without softplus) on a (BLOCK_D, BLOCK_L) tile; 0 where masked.
-
-    Returns (dt, pre_activation)."""
+    """dt = softplus(delta + bias) (or without softplus) on a (BLOCK_D, BLOCK_L) tile and its derivative with
+    respect to delta; both 0 where masked. (Callers that drop the derivative leave its code to dead-code
+    elimination.)"""
     x = tl.load(delta_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
     if HAS_DELTA_BIAS:
         x = x + delta_bias[:, None]
-    if DELTA_SOFTPLUS:
-        dt = _softplus(x)
-    else:
-        dt = x
-    return tl.where(mask, dt, 0.0), x
+    return _dt_with_grad(x, mask, DELTA_SOFTPLUS)
 
 
 @triton.jit
 def _step_dt(delta, mask, delta_bias, HAS_DELTA_BIAS: tl.constexpr, DELTA_SOFTPLUS: tl.constexpr):
     """delta of one position for a vector of channels (step kernels), fp32 -> dt = softplus(delta + bias) (or
-    without softplus), 0 where masked (the state then passes unchanged), and the pre-activation delta + bias."""
+    without softplus) and its derivative with respect to delta, both 0 where masked."""
     pre = delta
     if HAS_DELTA_BIAS:
         pre += delta_bias
-    if DELTA_SOFTPLUS:
-        dt = _softplus(pre)
-    else:
-        dt = pre
-    return tl.where(mask, dt, 0.0), pre
+    return _dt_with_grad(pre, mask, DELTA_SOFTPLUS)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -422,7 +437,7 @@ def _selective_scan_bwd_kernel(
                 state0 = tl.zeros([ROWS], dtype=tl.float32)
 
             u = tl.load(u_ptr + seq_offs, mask=mask_dl, other=0.0).to(tl.float32)
-            dt, dt_pre = _load_dt(delta_ptr, seq_offs, mask_dl, delta_bias, HAS_DELTA_BIAS, DELTA_SOFTPLUS)
+            dt, dt_grad = _load_dt(delta_ptr, seq_offs, mask_dl, delta_bias, HAS_DELTA_BIAS, DELTA_SOFTPLUS)
             Bv = tl.load(B_ptr + bc_offs, mask=mask_nl, other=0.0).to(tl.float32)
             Cv = tl.load(C_ptr + bc_offs, mask=mask_nl, other=0.0).to(tl.float32)
             dout = tl.load(grad_out_ptr + seq_offs, mask=mask_dl, other=0.0).to(tl.float32)
@@ -502,11 +517,7 @@ def _selective_scan_bwd_kernel(
             ddt = dx_B * u + _sum_over_states(d_log_decay * A, BLOCK_N)
             du += dx_B * dt
             dA_acc += d_log_decay * dt
-            if DELTA_SOFTPLUS:
-                ddelta = ddt * _softplus_grad(dt_pre)
-            else:
-                ddelta = ddt
-            ddelta = tl.where(mask_dl, ddelta, 0.0)
+            ddelta = ddt * dt_grad  # 0 where masked
             dbias_acc += ddelta
             tl.store(du_ptr + seq_offs, du.to(du_ptr.dtype.element_ty), mask=mask_dl)
             tl.store(ddelta_ptr + seq_offs, ddelta.to(ddelta_ptr.dtype.element_ty), mask=mask_dl)
@@ -565,7 +576,8 @@ def _selective_scan_bwd_step_kernel(
     steps back through them with the adjoint ``adj_t = C_t dy_t + a_{t+1} adj_{t+1}``. dB/dC of each position are
     summed over the program's channels and added across programs (atomics when ATOMIC_BC). Sequence tensors are
     addressed through their strides, and each group's direction is a bit of ``reverse_bits``, as in the step
-    forward."""
+    forward; as there, the loads of the next block to visit (its start state and its recompute inputs) are issued
+    before the current block runs."""
     pid_d = tl.program_id(0)
     group = tl.program_id(1).to(tl.int64) + group_offset
     reverse = (reverse_bits >> tl.program_id(1)) & 1  # this group scans from the end
@@ -607,22 +619,32 @@ def _selective_scan_bwd_step_kernel(
     dD_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
     dbias_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
 
+    # Software pipelining, as in the step forward: the block-start state and the raw recompute inputs (u, delta, B)
+    # of the next block to visit (the one before, in scan order) are loaded while the current block runs.
+    states_base = chunk_states_ptr + (batch * num_chunks * channels + chan[None, :]) * NUM_STATES + offs_n[:, None]
+    next_start = tl.load(states_base + (num_chunks - 1) * channels * NUM_STATES, mask=mask_nd, other=0.0)
+    next_block = _step_block_loads(num_chunks - 1, length, mask_d, mask_n, u_ptr + u_row, delta_ptr + dt_row,
+                                   B_ptr + B_row, C_ptr, z_ptr, su_l, sdt_l, sB_l, 0, 0, reverse, HAS_Z, False, STEPS)
     for k in range(num_chunks):
         chunk = num_chunks - 1 - k
-        h = tl.load(chunk_states_ptr + ((batch * num_chunks + chunk) * channels + chan[None, :]) * NUM_STATES
-                    + offs_n[:, None], mask=mask_nd, other=0.0)
+        h = next_start
+        us, deltas, Bs, _, _ = next_block
+        next_start = tl.load(states_base + (chunk - 1) * channels * NUM_STATES, mask=mask_nd & (chunk > 0),
+                             other=0.0)
+        next_block = _step_block_loads(chunk - 1, length, mask_d & (chunk > 0), mask_n & (chunk > 0),
+                                       u_ptr + u_row, delta_ptr + dt_row, B_ptr + B_row, C_ptr, z_ptr,
+                                       su_l, sdt_l, sB_l, 0, 0, reverse, HAS_Z, False, STEPS)
         # Recompute the block's states, kept in registers (positions past the end: dt = 0, dy = 0, so they change
-        # nothing). Only the states are kept; the per-position inputs are reloaded (from L1/L2) by the adjoint steps.
+        # nothing). Only the states are kept: the adjoint steps reload their inputs (L1 hits) and recompute dt and
+        # the decay, which costs less than keeping them live (with the same values the compiler would merge the two
+        # computations and keep them: 1.98 against 1.78 ms, v13/run2).
         hs = ()
         for j in tl.static_range(STEPS):
             i = chunk * STEPS + j
-            t = _step_position(i, length, reverse)
             mask = mask_d & (i < length)
-            u = tl.load(u_ptr + u_row + t * su_l, mask=mask, other=0.0).to(tl.float32)
-            dt, _ = _step_dt(tl.load(delta_ptr + dt_row + t * sdt_l, mask=mask, other=0.0).to(tl.float32), mask,
-                             delta_bias, HAS_DELTA_BIAS, DELTA_SOFTPLUS)
-            Bv = tl.load(B_ptr + B_row + t * sB_l, mask=mask_n & (i < length), other=0.0).to(tl.float32)
-            h = tl.exp2((dt * 1.4426950408889634)[None, :] * A) * h + Bv[:, None] * (dt * u)[None, :]
+            u = us[j].to(tl.float32)
+            dt, _ = _step_dt(deltas[j].to(tl.float32), mask, delta_bias, HAS_DELTA_BIAS, DELTA_SOFTPLUS)
+            h = tl.exp2((dt * 1.4426950408889634)[None, :] * A) * h + Bs[j].to(tl.float32)[:, None] * (dt * u)[None, :]
             hs = hs + (h,)
 
         # Adjoint steps, last position of the block first.
@@ -632,8 +654,8 @@ def _selective_scan_bwd_step_kernel(
             mask = mask_d & (i < length)
             mask_bc = mask_n & (i < length)
             u = tl.load(u_ptr + u_row + t * su_l, mask=mask, other=0.0).to(tl.float32)
-            dt, dt_pre = _step_dt(tl.load(delta_ptr + dt_row + t * sdt_l, mask=mask, other=0.0).to(tl.float32),
-                                  mask, delta_bias, HAS_DELTA_BIAS, DELTA_SOFTPLUS)
+            dt, dt_grad = _step_dt(tl.load(delta_ptr + dt_row + t * sdt_l, mask=mask, other=0.0).to(tl.float32),
+                                   mask, delta_bias, HAS_DELTA_BIAS, DELTA_SOFTPLUS)
             Bv = tl.load(B_ptr + B_row + t * sB_l, mask=mask_bc, other=0.0).to(tl.float32)
             Cv = tl.load(C_ptr + C_row + t * sC_l, mask=mask_bc, other=0.0).to(tl.float32)
             dout = tl.load(grad_out_ptr + g_row + t * sg_l, mask=mask, other=0.0).to(tl.float32)
@@ -660,11 +682,7 @@ def _selective_scan_bwd_step_kernel(
                 du += dy * D
                 dD_acc += dy * u
             dA_acc += d_log_decay * dt[None, :]
-            if DELTA_SOFTPLUS:
-                ddelta = ddt * _softplus_grad(dt_pre)
-            else:
-                ddelta = ddt
-            ddelta = tl.where(mask, ddelta, 0.0)
+            ddelta = ddt * dt_grad  # 0 where masked
             dbias_acc += ddelta
             tl.store(du_ptr + du_row + t * sdu_l, du.to(du_ptr.dtype.element_ty), mask=mask)
             tl.store(ddelta_ptr + ddt_row + t * sddt_l, ddelta.to(ddelta_ptr.dtype.element_ty), mask=mask)
@@ -721,18 +739,19 @@ def default_config(kind: str, num_states: int, length: int, channels_per_group: 
             return ScanConfig(block_d=4, block_l=4, num_warps=1)
         return ScanConfig(block_d=2, block_l=16, num_warps=1)
     # Fastest on H100 in benchmarks/bench_scan.py --sweep (benchmarks/results/scan.md).
-    # Step kernels, 1 warp (v12/run4, run6). Token-major rows (a position's channels contiguous): 32 channels x 2
-    # steps with registers capped, so that more warps are resident (both kernels wait on memory, not on issue): Vim-S
-    # mixer forward 0.400 -> 0.372 ms, backward 2.50 -> 1.89 ms. Contiguous rows (each channel's positions
-    # contiguous): no cap (the spills' traffic costs 2-4x there); forward 16 channels x 4 steps (EfficientVMamba-S
-    # stage 2: 0.665 -> 0.467 ms), backward 32 x 4.
+    # Step kernels, 1 warp (v12/run4, run6; v13/run2..run5). Token-major rows (a position's channels contiguous):
+    # 32 channels x 2 steps with registers capped, so that more warps are resident (both kernels wait on memory, not
+    # on issue): Vim-S mixer forward 0.400 -> 0.372 ms (v12), backward 2.50 -> 1.89 ms (v12, cap 128) -> 1.78 ms
+    # (v13: its loads software-pipelined, cap 168; 2.14 ms at cap 128, 1.99 uncapped). Contiguous rows (each
+    # channel's positions contiguous): no cap (the spills' traffic costs 2-4x there); forward 16 channels x 4 steps
+    # (EfficientVMamba-S stage 2: 0.665 -> 0.467 ms), backward 32 x 4.
     if kind == 'fwd_step':
         if token_major:
             return ScanConfig(block_d=32, block_l=2, num_warps=1, max_registers=96)
         return ScanConfig(block_d=16, block_l=4, num_warps=1)
     if kind == 'bwd_step':
         if token_major:
-            return ScanConfig(block_d=32, block_l=2, num_warps=1, max_registers=128)
+            return ScanConfig(block_d=32, block_l=2, num_warps=1, max_registers=168)
         return ScanConfig(block_d=32, block_l=4, num_warps=1)
     if kind == 'fwd':
         return ScanConfig(block_d=1, block_l=min(512, max(32, next_power_of_2(length) // block_n)), num_warps=1)
