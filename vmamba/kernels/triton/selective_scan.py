@@ -233,11 +233,14 @@ def _step_position(i, length, reverse):
 @triton.jit
 def _step_block_loads(chunk, length, mask_d, mask_n, u_ptrs, delta_ptrs, B_ptrs, C_ptrs, z_ptrs,
                       su_l, sdt_l, sB_l, sC_l, sz_l,
-                      reverse, HAS_Z: tl.constexpr, WITH_C: tl.constexpr, STEPS: tl.constexpr):
+                      reverse, HAS_Z: tl.constexpr, WITH_C: tl.constexpr, STEPS: tl.constexpr,
+                      FULL_TILE: tl.constexpr):
     """Raw inputs of the STEPS positions of block ``chunk`` of a step kernel, in their storage dtypes:
-    tuples (u, delta, B, C, z) of STEPS vectors ((BLOCK_D,) channels or (BLOCK_N,) states); positions past the
-    end load as 0. C and z are empty tuples when not needed (``WITH_C`` False: the backward's pre-pass).
-    ``reverse`` (0 or 1, run time): the group scans from the end."""
+    tuples (u, delta, B, C, z) of STEPS vectors ((BLOCK_D,) channels or (BLOCK_N,) states). C and z are empty
+    tuples when not needed (``WITH_C`` False: the backward's pre-pass). ``reverse`` (0 or 1, run time): the group
+    scans from the end. Positions outside the sequence load as 0, or, with ``FULL_TILE`` (no channel or state of the
+    tile is masked), load the nearest position without a mask: the callers zero dt there, which is all that the
+    kernels' math needs, and unpredicated loads save ~10% of the forward's instructions."""
     us = ()
     deltas = ()
     Bs = ()
@@ -245,16 +248,26 @@ def _step_block_loads(chunk, length, mask_d, mask_n, u_ptrs, delta_ptrs, B_ptrs,
     zs = ()
     for j in tl.static_range(STEPS):
         i = chunk * STEPS + j
-        t = _step_position(i, length, reverse)
-        valid = i < length
-        mask = mask_d & valid
-        us = us + (tl.load(u_ptrs + t * su_l, mask=mask, other=0.0),)
-        deltas = deltas + (tl.load(delta_ptrs + t * sdt_l, mask=mask, other=0.0),)
-        Bs = Bs + (tl.load(B_ptrs + t * sB_l, mask=mask_n & valid, other=0.0),)
-        if WITH_C:
-            Cs = Cs + (tl.load(C_ptrs + t * sC_l, mask=mask_n & valid, other=0.0),)
-            if HAS_Z:
-                zs = zs + (tl.load(z_ptrs + t * sz_l, mask=mask, other=0.0),)
+        if FULL_TILE:
+            t = _step_position(tl.maximum(tl.minimum(i, length - 1), 0), length, reverse)
+            us = us + (tl.load(u_ptrs + t * su_l),)
+            deltas = deltas + (tl.load(delta_ptrs + t * sdt_l),)
+            Bs = Bs + (tl.load(B_ptrs + t * sB_l),)
+            if WITH_C:
+                Cs = Cs + (tl.load(C_ptrs + t * sC_l),)
+                if HAS_Z:
+                    zs = zs + (tl.load(z_ptrs + t * sz_l),)
+        else:
+            t = _step_position(i, length, reverse)
+            valid = i < length
+            mask = mask_d & valid
+            us = us + (tl.load(u_ptrs + t * su_l, mask=mask, other=0.0),)
+            deltas = deltas + (tl.load(delta_ptrs + t * sdt_l, mask=mask, other=0.0),)
+            Bs = Bs + (tl.load(B_ptrs + t * sB_l, mask=mask_n & valid, other=0.0),)
+            if WITH_C:
+                Cs = Cs + (tl.load(C_ptrs + t * sC_l, mask=mask_n & valid, other=0.0),)
+                if HAS_Z:
+                    zs = zs + (tl.load(z_ptrs + t * sz_l, mask=mask, other=0.0),)
     return us, deltas, Bs, Cs, zs
 
 
@@ -268,6 +281,7 @@ def _selective_scan_fwd_step_kernel(
         HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DELTA_BIAS: tl.constexpr, DELTA_SOFTPLUS: tl.constexpr,
         WRITE_OUTPUT: tl.constexpr, WRITE_CHUNK_STATES: tl.constexpr,
         NUM_STATES: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, STEPS: tl.constexpr,
+        FULL_TILE: tl.constexpr,
 ):
     """Step-by-step forward for N > 1 without LB window: a (BLOCK_N states, BLOCK_D channels) state tile walks the
     sequence one position at a time (no cross-lane scan). The walk is unrolled by STEPS positions, and the loads of
@@ -311,11 +325,11 @@ def _selective_scan_fwd_step_kernel(
     C_row = batch * sC_b + group * sC_g + offs_n * sC_n
 
     h = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
-    # Software pipelining: the raw inputs of block ``chunk + 1`` are loaded while block ``chunk`` runs (the
-    # loads past the last block are masked off), so a program waits for memory once, not once per block.
+    # Software pipelining: the raw inputs of block ``chunk + 1`` are loaded while block ``chunk`` runs (past the
+    # last block they are masked off or clamped), so a program waits for memory once, not once per block.
     block = _step_block_loads(0, length, mask_d, mask_n, u_ptr + u_row, delta_ptr + dt_row, B_ptr + B_row,
                               C_ptr + C_row, z_ptr + z_row, su_l, sdt_l, sB_l, sC_l, sz_l,
-                              reverse, HAS_Z, WRITE_OUTPUT, STEPS)
+                              reverse, HAS_Z, WRITE_OUTPUT, STEPS, FULL_TILE)
     for chunk in range(num_chunks):
         if WRITE_CHUNK_STATES:
             tl.store(chunk_states_ptr + ((batch * num_chunks + chunk) * channels + chan[None, :]) * NUM_STATES
@@ -323,7 +337,7 @@ def _selective_scan_fwd_step_kernel(
         us, deltas, Bs, Cs, zs = block
         block = _step_block_loads(chunk + 1, length, mask_d, mask_n, u_ptr + u_row, delta_ptr + dt_row,
                                   B_ptr + B_row, C_ptr + C_row, z_ptr + z_row, su_l, sdt_l, sB_l, sC_l, sz_l,
-                                  reverse, HAS_Z, WRITE_OUTPUT, STEPS)
+                                  reverse, HAS_Z, WRITE_OUTPUT, STEPS, FULL_TILE)
         for j in tl.static_range(STEPS):
             i = chunk * STEPS + j
             mask = mask_d & (i < length)
@@ -568,6 +582,7 @@ def _selective_scan_bwd_step_kernel(
         HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DELTA_BIAS: tl.constexpr, DELTA_SOFTPLUS: tl.constexpr,
         HAS_GRAD_LAST_STATE: tl.constexpr, ATOMIC_BC: tl.constexpr,
         NUM_STATES: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, STEPS: tl.constexpr,
+        FULL_TILE: tl.constexpr,
 ):
     """Step-by-step backward for N > 1 without LB window, on the (BLOCK_N, BLOCK_D) tile of the step forward.
 
@@ -624,7 +639,8 @@ def _selective_scan_bwd_step_kernel(
     states_base = chunk_states_ptr + (batch * num_chunks * channels + chan[None, :]) * NUM_STATES + offs_n[:, None]
     next_start = tl.load(states_base + (num_chunks - 1) * channels * NUM_STATES, mask=mask_nd, other=0.0)
     next_block = _step_block_loads(num_chunks - 1, length, mask_d, mask_n, u_ptr + u_row, delta_ptr + dt_row,
-                                   B_ptr + B_row, C_ptr, z_ptr, su_l, sdt_l, sB_l, 0, 0, reverse, HAS_Z, False, STEPS)
+                                   B_ptr + B_row, C_ptr, z_ptr, su_l, sdt_l, sB_l, 0, 0, reverse, HAS_Z, False, STEPS,
+                                   FULL_TILE)
     for k in range(num_chunks):
         chunk = num_chunks - 1 - k
         h = next_start
@@ -633,7 +649,7 @@ def _selective_scan_bwd_step_kernel(
                              other=0.0)
         next_block = _step_block_loads(chunk - 1, length, mask_d & (chunk > 0), mask_n & (chunk > 0),
                                        u_ptr + u_row, delta_ptr + dt_row, B_ptr + B_row, C_ptr, z_ptr,
-                                       su_l, sdt_l, sB_l, 0, 0, reverse, HAS_Z, False, STEPS)
+                                       su_l, sdt_l, sB_l, 0, 0, reverse, HAS_Z, False, STEPS, FULL_TILE)
         # Recompute the block's states, kept in registers (positions past the end: dt = 0, dy = 0, so they change
         # nothing). Only the states are kept: the adjoint steps reload their inputs (L1 hits) and recompute dt and
         # the decay, which costs less than keeping them live (with the same values the compiler would merge the two
@@ -717,12 +733,14 @@ class ScanConfig:
     Step kernels ('fwd_step', 'bwd_step', used for N > 1 without LB window): ``block_d`` channels x next_pow2(N)
     states per program, walking ``block_l`` positions per unrolled block (the backward stores one state per block).
     ``max_registers`` (step kernels): a cap on registers per thread (Triton's ``maxnreg``), trading spills for more
-    resident warps."""
+    resident warps. ``clamp_loads`` (step kernels): when no channel or state of a tile is masked, positions past the
+    sequence load clamped to its ends instead of masked (unpredicated loads; dt is zeroed there either way)."""
     block_d: int
     block_l: int
     num_warps: int = 4
     channel_blocks: int = 1
     max_registers: Optional[int] = None
+    clamp_loads: bool = True
 
 
 def default_config(kind: str, num_states: int, length: int, channels_per_group: int,
@@ -741,17 +759,18 @@ def default_config(kind: str, num_states: int, length: int, channels_per_group: 
     # Fastest on H100 in benchmarks/bench_scan.py --sweep (benchmarks/results/scan.md).
     # Step kernels, 1 warp (v12/run4, run6; v13/run2..run5). Token-major rows (a position's channels contiguous):
     # 32 channels x 2 steps with registers capped, so that more warps are resident (both kernels wait on memory, not
-    # on issue): Vim-S mixer forward 0.400 -> 0.372 ms (v12), backward 2.50 -> 1.89 ms (v12, cap 128) -> 1.78 ms
-    # (v13: its loads software-pipelined, cap 168; 2.14 ms at cap 128, 1.99 uncapped). Contiguous rows (each
-    # channel's positions contiguous): no cap (the spills' traffic costs 2-4x there); forward 16 channels x 4 steps
-    # (EfficientVMamba-S stage 2: 0.665 -> 0.467 ms), backward 32 x 4.
+    # on issue): Vim-S mixer forward 0.400 -> 0.372 ms (v12) -> 0.336 ms (v13: cheaper softplus, clamped loads,
+    # cap 128), backward 2.50 -> 1.89 ms (v12, cap 128) -> 1.78 ms (v13: its loads software-pipelined, cap 168;
+    # 2.14 ms at cap 128, 1.99 uncapped; 1.94 with clamped loads). Contiguous rows (each channel's positions
+    # contiguous): no cap (the spills' traffic costs 2-4x there); forward 16 channels x 4 steps (EfficientVMamba-S
+    # stage 2: 0.665 -> 0.467 ms (v12) -> 0.381 ms (v13)), backward 32 x 4 (1.94 -> 1.83 ms with clamped loads).
     if kind == 'fwd_step':
         if token_major:
-            return ScanConfig(block_d=32, block_l=2, num_warps=1, max_registers=96)
+            return ScanConfig(block_d=32, block_l=2, num_warps=1, max_registers=128)
         return ScanConfig(block_d=16, block_l=4, num_warps=1)
     if kind == 'bwd_step':
         if token_major:
-            return ScanConfig(block_d=32, block_l=2, num_warps=1, max_registers=168)
+            return ScanConfig(block_d=32, block_l=2, num_warps=1, max_registers=168, clamp_loads=False)
         return ScanConfig(block_d=32, block_l=4, num_warps=1)
     if kind == 'fwd':
         return ScanConfig(block_d=1, block_l=min(512, max(32, next_power_of_2(length) // block_n)), num_warps=1)
@@ -887,9 +906,16 @@ def _launch_fwd_step(u, delta, A, B, C, D, z, delta_bias, delta_softplus, revers
             DELTA_SOFTPLUS=bool(delta_softplus),
             WRITE_OUTPUT=write_output, WRITE_CHUNK_STATES=chunk_states is not None,
             NUM_STATES=num_states, BLOCK_D=config.block_d, BLOCK_N=next_power_of_2(num_states),
-            STEPS=config.block_l,
+            STEPS=config.block_l, FULL_TILE=_full_tile(per_group, num_states, config),
             num_warps=config.num_warps, **_register_cap(config),
         )
+
+
+def _full_tile(channels_per_group: int, num_states: int, config: ScanConfig) -> bool:
+    """Whether a step kernel runs its block loads clamped and unpredicated: the config asks for it and its
+    (states, channels) tiles are never masked."""
+    return (config.clamp_loads and channels_per_group % config.block_d == 0
+            and num_states == next_power_of_2(num_states))
 
 
 def _register_cap(config: ScanConfig) -> dict:
@@ -970,7 +996,7 @@ def _selective_scan_bwd_step(grad_out, grad_last_state, u, delta, A, B, C, D, z,
             DELTA_SOFTPLUS=bool(delta_softplus),
             HAS_GRAD_LAST_STATE=grad_last_state is not None, ATOMIC_BC=atomic_bc,
             NUM_STATES=num_states, BLOCK_D=config.block_d, BLOCK_N=next_power_of_2(num_states),
-            STEPS=config.block_l,
+            STEPS=config.block_l, FULL_TILE=_full_tile(per_group, num_states, config),
             num_warps=config.num_warps, **_register_cap(config),
         )
     return _finish_grads(du, ddelta, dz, dB, dC, dA_partial, dD_partial, dbias_partial, B.dtype)
