@@ -1,5 +1,6 @@
 """Fused depthwise conv + SiLU (token-major): reference vs a per-element loop, Triton vs reference (forward and
-backward), gradients, custom-op checks, input errors. Without CUDA the Triton kernels run in the interpreter."""
+backward; the backward's batch groups, its dpre / partial dweight buffers, explicit launch configs), gradients,
+custom-op checks, input errors. Without CUDA the Triton kernels run in the interpreter."""
 import os
 
 import torch
@@ -90,10 +91,10 @@ def _autograd_ref(x, weight, bias, groups, grad):
     return grads if bias is not None else grads + (None,)
 
 
-BWD_TOL = {torch.float32: (1e-4, 1e-5), torch.bfloat16: (2e-2, 2e-2)}
+BWD_TOL = {torch.float32: (1e-4, 1e-5), torch.float16: (2e-2, 2e-2), torch.bfloat16: (2e-2, 2e-2)}
 
 
-@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize('length,channels,groups,width', [(13, 10, 2, 7), (1, 10, 2, 7), (9, 6, 1, 3)])
 @pytest.mark.parametrize('bias', [True, False])
 def test_triton_backward_matches_autograd(length, channels, groups, width, dtype, bias):
@@ -111,6 +112,97 @@ def test_triton_backward_matches_autograd(length, channels, groups, width, dtype
         torch.testing.assert_close(dbias, eb.to(dtype), rtol=rtol, atol=atol * 4)
     else:
         assert dbias is None
+
+
+# The dpre kernel's programs each cover a group of batch_per_program batch entries (the last group ragged when the
+# batch is not a multiple); under the interpreter tiles are tiny, (BLOCK_T, BLOCK_C, num_warps, batch_per_program).
+@pytest.mark.parametrize('batch,batch_per_program,bias', [
+    (5, 1, False), (5, 2, True), (5, 3, False), (5, 8, True), (3, None, True), (3, None, False), (1, None, True)])
+def test_triton_backward_batch_groups(batch, batch_per_program, bias):
+    """fp32, batch not a multiple of batch_per_program (and groups larger than the batch): dx, dweight and dbias
+    match the fp64 gradients to ~1e-5 relative."""
+    x, weight, b = _inputs(batch, 9, 6, 2, 7, bias=bias, strided=True, seed=5)
+    grad = torch.randn(batch, 9, 12, generator=torch.Generator().manual_seed(6)).to(DEVICE)
+    config = None if batch_per_program is None else (4, 8, 1, batch_per_program)
+    dx, dweight, dbias = depthwise_conv_silu_bwd(grad, x, weight, b, 2, dpre_config=config)
+    ex, ew, eb = _autograd_ref(x, weight, b, 2, grad)
+    torch.testing.assert_close(dx, ex.float(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(dweight, ew.float(), rtol=1e-5, atol=1e-5)
+    if bias:
+        torch.testing.assert_close(dbias, eb.float(), rtol=1e-5, atol=1e-5)
+    else:
+        assert dbias is None
+
+
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
+def test_triton_backward_low_precision_x_fp32_params(dtype):
+    """fp16 / bf16 x and grad with fp32 weight / bias (autocast callers), odd batch (ragged last batch group): dx
+    (x's dtype, through dpre rounded to x's dtype) at the low-precision tolerance; dweight / dbias (fp32) sum the
+    unrounded fp32 dpre, so they match the fp64 gradients of the same inputs at fp32 tolerance."""
+    x, weight, b = _inputs(3, 13, 10, 2, 7, dtype=dtype, wdtype=torch.float32, strided=True, seed=7)
+    grad = torch.randn(3, 13, 20, generator=torch.Generator().manual_seed(8)).to(DEVICE, dtype)
+    dx, dweight, dbias = depthwise_conv_silu_bwd(grad, x, weight, b, 2)
+    ex, ew, eb = _autograd_ref(x, weight, b, 2, grad)
+    assert dx.dtype == dtype and dweight.dtype == dbias.dtype == torch.float32
+    rtol, atol = BWD_TOL[dtype]
+    torch.testing.assert_close(dx, ex.to(dtype), rtol=rtol, atol=atol)
+    torch.testing.assert_close(dweight, ew.float(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(dbias, eb.float(), rtol=1e-5, atol=1e-5)
+
+
+class _RecordLaunch:
+    """Stands in for a Triton kernel: records each launch's grid and arguments, then runs the kernel."""
+
+    def __init__(self, kernel):
+        self.kernel, self.launches = kernel, []
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            self.launches.append((grid, args, kwargs))
+            return self.kernel[grid](*args, **kwargs)
+        return launch
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize('batch_per_program', [1, 2, 4])
+def test_triton_backward_buffers(dtype, batch_per_program, monkeypatch):
+    """dpre travels between the two backward kernels in x's dtype; the partial dweight / dbias buffers hold one fp32
+    row per (group of batch_per_program batch entries, position block)."""
+    import vmamba.kernels.triton.conv as triton_conv
+    dpre_kernel = _RecordLaunch(triton_conv._conv_silu_bwd_dpre_kernel)
+    dx_kernel = _RecordLaunch(triton_conv._conv_silu_bwd_dx_kernel)
+    monkeypatch.setattr(triton_conv, '_conv_silu_bwd_dpre_kernel', dpre_kernel)
+    monkeypatch.setattr(triton_conv, '_conv_silu_bwd_dx_kernel', dx_kernel)
+    x, weight, b = _inputs(5, 9, 6, 2, 3, dtype=dtype, wdtype=torch.float32, seed=9)
+    grad = torch.randn(5, 9, 12, generator=torch.Generator().manual_seed(10)).to(DEVICE, dtype)
+    depthwise_conv_silu_bwd(grad, x, weight, b, 2, dpre_config=(4, 8, 1, batch_per_program))
+    (grid, args, _), = dpre_kernel.launches
+    dpre, dw_part, db_part = args[4:7]
+    rows = -(-5 // batch_per_program) * -(-9 // 4)
+    assert grid[2] == -(-5 // batch_per_program)
+    assert dpre.dtype == dtype and dpre.shape == (5, 9, 12)
+    assert dw_part.dtype == db_part.dtype == torch.float32
+    assert dw_part.shape == (rows, 12, 3) and db_part.shape == (rows, 12)
+    (_, args, _), = dx_kernel.launches
+    assert args[0] is dpre
+
+
+def test_triton_launch_configs():
+    """Explicit launch configs (the benchmark's sweep) give the default configs' results (dx bit for bit: dpre does
+    not depend on the batch grouping); bad ones are named."""
+    x, weight, b = _inputs(3, 10, 12, 2, 7, strided=True, seed=11)
+    grad = torch.randn(3, 10, 24, generator=torch.Generator().manual_seed(12)).to(DEVICE)
+    y = depthwise_conv_silu_fwd(x, weight, b, 2)
+    torch.testing.assert_close(depthwise_conv_silu_fwd(x, weight, b, 2, config=(8, 16, 2)), y, rtol=0, atol=0)
+    expected = depthwise_conv_silu_bwd(grad, x, weight, b, 2)
+    got = depthwise_conv_silu_bwd(grad, x, weight, b, 2, dpre_config=(8, 16, 1, 3), dx_config=(2, 16, 2))
+    torch.testing.assert_close(got[0], expected[0], rtol=0, atol=0)
+    for g, e in zip(got[1:], expected[1:]):
+        torch.testing.assert_close(g, e, rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match='launch config must be 4 positive ints'):
+        depthwise_conv_silu_bwd(grad, x, weight, b, 2, dpre_config=(8, 16, 1))
+    with pytest.raises(ValueError, match='launch config must be 4 positive ints'):
+        depthwise_conv_silu_bwd(grad, x, weight, b, 2, dpre_config=(8, 16, 1, 0))
 
 
 def test_reference_backward_closed_form_matches_autograd():
@@ -177,8 +269,9 @@ def test_bad_inputs_are_named():
 @pytest.mark.gpu
 @pytest.mark.parametrize('dtype', [torch.float32, torch.float16])
 def test_gpu_real_size(dtype):
-    """Vim-S sizes (197 tokens, E = 768, two directions, W = 7) on CUDA vs the fp64 reference, forward + backward."""
-    x, weight, bias = _inputs(8, 197, 768, 2, 7, dtype=dtype, strided=True, device='cuda')
+    """Vim-S sizes (197 tokens, E = 768, two directions, W = 7) on CUDA vs the fp64 reference, forward + backward;
+    batch 12: the default 8 batch entries per dpre program leave a ragged second group."""
+    x, weight, bias = _inputs(12, 197, 768, 2, 7, dtype=dtype, strided=True, device='cuda')
     xg = x.detach().requires_grad_(True)
     wg = weight.detach().requires_grad_(True)
     bg = bias.detach().requires_grad_(True)
