@@ -94,6 +94,16 @@ def family_of(arch: str) -> str:
     return module
 
 
+def _superseded_models(report: Dict[str, Any]) -> set:
+    """Models a benchmark report marks as re-measured elsewhere: ``superseded.models`` and the ``models`` of each
+    ``superseded.later`` entry (re-measurements added by later sessions)."""
+    superseded = report.get('superseded') or {}
+    models = set(superseded.get('models', ()))
+    for later in superseded.get('later', ()):
+        models.update(later.get('models', ()))
+    return models
+
+
 def measured_throughput(arch: str, results_dir: Path = RESULTS_DIR) -> List[Dict[str, Any]]:
     """Rows for ``arch`` from every benchmark JSON (GPU runs first), except reports that list it as superseded."""
     rows = []
@@ -104,7 +114,7 @@ def measured_throughput(arch: str, results_dir: Path = RESULTS_DIR) -> List[Dict
             continue
         if not isinstance(report, dict) or 'results' not in report:
             continue
-        superseded = report.get('superseded', {}).get('models', ())  # re-measured after a code change elsewhere
+        superseded = _superseded_models(report)  # re-measured after a code change elsewhere
         for r in report['results']:
             if r.get('model') == arch and arch not in superseded and not r.get('error') and (
                     r.get('infer_img_s') or r.get('train_img_s')):

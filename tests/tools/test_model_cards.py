@@ -51,3 +51,16 @@ def test_superseded_rows_are_skipped(tmp_path):
     (tmp_path / 'new.json').write_text(json.dumps(new))
     rows = cards.measured_throughput('vmamba_tiny_s1l8', tmp_path)
     assert [(r['file'], r['infer_img_s']) for r in rows] == [('new.json', 200.0)]
+
+
+def test_rows_superseded_by_a_later_session_are_skipped(tmp_path):
+    """A report's ``superseded.later`` entries (re-measurements added after its first supersession) skip their
+    models too; the report's other models stay."""
+    import json
+    rows = [dict(model=m, infer_img_s=100.0, train_img_s=10.0, input_size=[3, 224, 224], batch_size=8)
+            for m in ('vmamba_tiny_s1l8', 'vim_tiny_patch16_224')]
+    old = dict(device='gpu', device_type='cuda', date='d1', precision='amp', results=rows,
+               superseded=dict(models=[], by='x.json', later=[dict(models=['vmamba_tiny_s1l8'], by='new.json')]))
+    (tmp_path / 'old.json').write_text(json.dumps(old))
+    assert cards.measured_throughput('vmamba_tiny_s1l8', tmp_path) == []
+    assert [r['file'] for r in cards.measured_throughput('vim_tiny_patch16_224', tmp_path)] == ['old.json']
