@@ -175,6 +175,21 @@ def test_step_kernels_vim_like(config, grad_last_state):
     run_case(2, 12, 19, 16, 2, reverse=(False, True), z=False, config=config, grad_last_state=grad_last_state)
 
 
+@pytest.mark.parametrize('clamp_loads', [True, False], ids=['clamped-loads', 'masked-loads'])
+def test_step_kernels_empty_sequence(clamp_loads):
+    """L = 0 through the step kernels, with a tile that would otherwise load clamped positions (there is none to
+    clamp to): empty outputs, the initial (zero) state as last state, zero parameter gradients."""
+    inputs, _ = make_inputs(1, 8, 0, 4, 2, z=False)
+    args = [inputs[k] for k in GRAD_NAMES]
+    config = ScanConfig(block_d=4, block_l=2, num_warps=1, clamp_loads=clamp_loads)
+    out, last_state = selective_scan_fwd(*args, True, (False, True), 0, torch.float32, config=config)
+    assert out.shape == (1, 8, 0) and torch.equal(last_state, torch.zeros_like(last_state))
+    grads = selective_scan_bwd(out, torch.ones_like(last_state), *args, True, (False, True), 0, config=config)
+    for name, grad, value in zip(GRAD_NAMES, grads, args):
+        if value is not None:
+            assert grad.shape == value.shape and not grad.any(), name
+
+
 def test_step_kernels_split_directions_over_launches(monkeypatch):
     """The step kernels take each group's direction as a bit of one launch argument; more groups than a launch
     holds go to further launches (here 3 per launch, 7 groups with mixed directions: bits 0b101, 0b010, 0b1)."""

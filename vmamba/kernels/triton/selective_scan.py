@@ -637,8 +637,11 @@ def _selective_scan_bwd_step_kernel(
     # Software pipelining, as in the step forward: the block-start state and the raw recompute inputs (u, delta, B)
     # of the next block to visit (the one before, in scan order) are loaded while the current block runs.
     states_base = chunk_states_ptr + (batch * num_chunks * channels + chan[None, :]) * NUM_STATES + offs_n[:, None]
-    next_start = tl.load(states_base + (num_chunks - 1) * channels * NUM_STATES, mask=mask_nd, other=0.0)
-    next_block = _step_block_loads(num_chunks - 1, length, mask_d, mask_n, u_ptr + u_row, delta_ptr + dt_row,
+    any_chunk = num_chunks > 0  # (an empty sequence has none)
+    next_start = tl.load(states_base + (num_chunks - 1) * channels * NUM_STATES, mask=mask_nd & any_chunk,
+                         other=0.0)
+    next_block = _step_block_loads(num_chunks - 1, length, mask_d & any_chunk, mask_n & any_chunk,
+                                   u_ptr + u_row, delta_ptr + dt_row,
                                    B_ptr + B_row, C_ptr, z_ptr, su_l, sdt_l, sB_l, 0, 0, reverse, HAS_Z, False, STEPS,
                                    FULL_TILE)
     for k in range(num_chunks):
@@ -906,15 +909,15 @@ def _launch_fwd_step(u, delta, A, B, C, D, z, delta_bias, delta_softplus, revers
             DELTA_SOFTPLUS=bool(delta_softplus),
             WRITE_OUTPUT=write_output, WRITE_CHUNK_STATES=chunk_states is not None,
             NUM_STATES=num_states, BLOCK_D=config.block_d, BLOCK_N=next_power_of_2(num_states),
-            STEPS=config.block_l, FULL_TILE=_full_tile(per_group, num_states, config),
+            STEPS=config.block_l, FULL_TILE=_full_tile(per_group, num_states, length, config),
             num_warps=config.num_warps, **_register_cap(config),
         )
 
 
-def _full_tile(channels_per_group: int, num_states: int, config: ScanConfig) -> bool:
-    """Whether a step kernel runs its block loads clamped and unpredicated: the config asks for it and its
-    (states, channels) tiles are never masked."""
-    return (config.clamp_loads and channels_per_group % config.block_d == 0
+def _full_tile(channels_per_group: int, num_states: int, length: int, config: ScanConfig) -> bool:
+    """Whether a step kernel runs its block loads clamped and unpredicated: the config asks for it, its (states,
+    channels) tiles are never masked and the sequence has a position to clamp to."""
+    return (config.clamp_loads and length > 0 and channels_per_group % config.block_d == 0
             and num_states == next_power_of_2(num_states))
 
 
@@ -996,7 +999,7 @@ def _selective_scan_bwd_step(grad_out, grad_last_state, u, delta, A, B, C, D, z,
             DELTA_SOFTPLUS=bool(delta_softplus),
             HAS_GRAD_LAST_STATE=grad_last_state is not None, ATOMIC_BC=atomic_bc,
             NUM_STATES=num_states, BLOCK_D=config.block_d, BLOCK_N=next_power_of_2(num_states),
-            STEPS=config.block_l, FULL_TILE=_full_tile(per_group, num_states, config),
+            STEPS=config.block_l, FULL_TILE=_full_tile(per_group, num_states, length, config),
             num_warps=config.num_warps, **_register_cap(config),
         )
     return _finish_grads(du, ddelta, dz, dB, dC, dA_partial, dD_partial, dbias_partial, B.dtype)
