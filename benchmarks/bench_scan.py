@@ -104,8 +104,9 @@ SWEEP = {  # (block_d, block_l, num_warps, channel_blocks); Vim (N=16) runs the 
     # (block_d, block_l, warps, channel_blocks[, max_registers])
     ('vim_s_mixer_token_major', 'fwd'): [(32, 2, 1, 1, 96), (32, 2, 1, 1, 128), (32, 2, 1, 1), (32, 4, 1, 1, 128),
                                          (32, 4, 1, 1, 168)],
-    ('vim_s_mixer_token_major', 'bwd'): [(32, 2, 1, 1, 168), (32, 2, 1, 1, 128), (32, 2, 1, 1, 192), (32, 2, 1, 1),
-                                         (32, 3, 1, 1, 168)],
+    # (..., max_registers, clamp_loads)
+    ('vim_s_mixer_token_major', 'bwd'): [(32, 2, 1, 1, 168, False), (32, 2, 1, 1, 168), (32, 2, 1, 1, 128, False),
+                                         (32, 2, 1, 1, 192, False), (32, 3, 1, 1, 168, False)],
     ('effvmamba_s_stage2', 'fwd'): [(32, 4, 1, 1), (32, 2, 1, 1, 96), (32, 2, 1, 1), (32, 4, 1, 1, 128),
                                     (16, 4, 1, 1), (64, 4, 2, 1)],
     ('effvmamba_s_stage2', 'bwd'): [(32, 4, 1, 1), (32, 2, 1, 1, 128), (32, 2, 1, 1), (32, 4, 1, 1, 168),
