@@ -41,6 +41,27 @@ __all__ = ['depthwise_conv_silu_fwd', 'depthwise_conv_silu_bwd']
 
 
 @triton.jit
+def _shifted_input(x_base, offs_t, offs_in, mask_c, length, stride_xt, shift):
+    """fp32 (BLOCK_T, BLOCK_C) tile of x at positions ``offs_t + shift`` and input channels ``offs_in`` (zeros
+    outside [0, L) and where ``mask_c`` is off)."""
+    pos = offs_t + shift
+    m = ((pos >= 0) & (pos < length))[:, None] & mask_c[None, :]
+    return tl.load(x_base + pos.to(tl.int64)[:, None] * stride_xt + offs_in[None, :], mask=m,
+                   other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _conv_pre(acc, x_base, w_ptr, offs_t, offs_o, offs_in, mask_o, length, stride_xt, WIDTH: tl.constexpr):
+    """``acc`` (the bias rows) + the "same"-padded depthwise conv of x for output channels ``offs_o``:
+    the (BLOCK_T, BLOCK_C) pre-activation, fp32."""
+    pad: tl.constexpr = (WIDTH - 1) // 2
+    for k in tl.static_range(WIDTH):
+        wv = tl.load(w_ptr + offs_o * WIDTH + k, mask=mask_o, other=0.0).to(tl.float32)
+        acc += _shifted_input(x_base, offs_t, offs_in, mask_o, length, stride_xt, k - pad) * wv[None, :]
+    return acc
+
+
+@triton.jit
 def _conv_silu_fwd_kernel(
         x_ptr, w_ptr, b_ptr, y_ptr,
         length, channels, out_channels,
@@ -51,7 +72,6 @@ def _conv_silu_fwd_kernel(
     pid_t = tl.program_id(0)
     pid_c = tl.program_id(1)
     batch = tl.program_id(2).to(tl.int64)
-    pad: tl.constexpr = (WIDTH - 1) // 2
 
     offs_t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
     offs_o = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -62,12 +82,7 @@ def _conv_silu_fwd_kernel(
     acc = tl.zeros([BLOCK_T, BLOCK_C], dtype=tl.float32)
     if HAS_BIAS:
         acc += tl.load(b_ptr + offs_o, mask=mask_o, other=0.0).to(tl.float32)[None, :]
-    for k in tl.static_range(WIDTH):
-        pos = offs_t + (k - pad)
-        m = ((pos >= 0) & (pos < length))[:, None] & mask_o[None, :]
-        xv = tl.load(x_base + pos.to(tl.int64)[:, None] * stride_xt + offs_in[None, :], mask=m, other=0.0)
-        wv = tl.load(w_ptr + offs_o * WIDTH + k, mask=mask_o, other=0.0).to(tl.float32)
-        acc += xv.to(tl.float32) * wv[None, :]
+    acc = _conv_pre(acc, x_base, w_ptr, offs_t, offs_o, offs_in, mask_o, length, stride_xt, WIDTH)
 
     y = acc * tl.sigmoid(acc)
     out_offs = (batch * length + offs_t.to(tl.int64)[:, None]) * out_channels + offs_o[None, :]
@@ -110,13 +125,8 @@ def _conv_silu_bwd_dpre_kernel(
         x_base = x_ptr + b * stride_xb
         tile_offs = (b * length + offs_t.to(tl.int64)[:, None]) * out_channels + offs_o[None, :]
 
-        pre = tl.zeros([BLOCK_T, BLOCK_C], dtype=tl.float32) + bias[None, :]
-        for k in tl.static_range(WIDTH):
-            pos = offs_t + (k - pad)
-            m = ((pos >= 0) & (pos < length))[:, None] & mask_o[None, :]
-            xv = tl.load(x_base + pos.to(tl.int64)[:, None] * stride_xt + offs_in[None, :], mask=m, other=0.0)
-            wv = tl.load(w_ptr + offs_o * WIDTH + k, mask=mask_o, other=0.0).to(tl.float32)
-            pre += xv.to(tl.float32) * wv[None, :]
+        pre = _conv_pre(tl.zeros([BLOCK_T, BLOCK_C], dtype=tl.float32) + bias[None, :], x_base, w_ptr, offs_t, offs_o,
+                        offs_in, mask_o, length, stride_xt, WIDTH)
         sig = tl.sigmoid(pre)
         dy = tl.load(dy_ptr + tile_offs, mask=mask, other=0.0).to(tl.float32)
         dpre = dy * sig * (1.0 + pre * (1.0 - sig))
@@ -129,10 +139,7 @@ def _conv_silu_bwd_dpre_kernel(
         if HAS_BIAS:
             db_acc += tl.sum(dpre, axis=0)
         for k in tl.static_range(WIDTH):
-            pos = offs_t + (k - pad)
-            m = ((pos >= 0) & (pos < length))[:, None] & mask_o[None, :]
-            xv = tl.load(x_base + pos.to(tl.int64)[:, None] * stride_xt + offs_in[None, :], mask=m, other=0.0)
-            tap = tl.sum(dpre * xv.to(tl.float32), axis=0)
+            tap = tl.sum(dpre * _shifted_input(x_base, offs_t, offs_in, mask_o, length, stride_xt, k - pad), axis=0)
             dw_acc += tl.where(offs_k[:, None] == k, tap[None, :], 0.0)
 
     part = row * out_channels + offs_o
