@@ -102,13 +102,15 @@ SWEEP = {  # (block_d, block_l, num_warps, channel_blocks); Vim (N=16) runs the 
     ('vmamba_t_stage3_l208', 'bwd'): [(1, 128, 1, 1), (1, 256, 1, 1), (1, 64, 1, 1), (1, 256, 2, 1)],
     ('vim_s', 'bwd'): [(16, 4, 1, 1), (16, 8, 1, 1), (8, 8, 1, 1), (8, 4, 1, 1), (8, 16, 1, 1), (32, 4, 1, 1)],
     # (block_d, block_l, warps, channel_blocks[, max_registers])
-    ('vim_s_mixer_token_major', 'fwd'): [(32, 2, 1, 1, 96), (32, 2, 1, 1, 128), (32, 2, 1, 1), (32, 4, 1, 1, 128),
-                                         (32, 4, 1, 1, 168)],
-    # (..., max_registers, clamp_loads)
-    ('vim_s_mixer_token_major', 'bwd'): [(32, 2, 1, 1, 168, False), (32, 2, 1, 1, 168), (32, 2, 1, 1, 128, False),
-                                         (32, 2, 1, 1, 192, False), (32, 3, 1, 1, 168, False)],
-    ('effvmamba_s_stage2', 'fwd'): [(32, 4, 1, 1), (32, 2, 1, 1, 96), (32, 2, 1, 1), (32, 4, 1, 1, 128),
-                                    (16, 4, 1, 1), (64, 4, 2, 1)],
+    # (..., max_registers, clamp_loads, lane_states): lane_states True is one channel per lane (v14)
+    ('vim_s_mixer_token_major', 'fwd'): [(32, 2, 1, 1, None, True, True), (32, 2, 1, 1, 128), (32, 1, 1, 1, None, True, True),
+                                         (32, 4, 1, 1, None, True, True), (64, 2, 1, 1, None, True, True),
+                                         (64, 2, 2, 1, None, True, True), (32, 2, 1, 1, 64, True, True),
+                                         (32, 2, 1, 1, None, False, True)],
+    # the lane_states entries time the pre-pass with one channel per lane (the backward kernel is the same)
+    ('vim_s_mixer_token_major', 'bwd'): [(32, 2, 1, 1, 168, False), (32, 2, 1, 1, 168, False, True)],
+    ('effvmamba_s_stage2', 'fwd'): [(16, 4, 1, 1), (32, 4, 1, 1, None, True, True), (32, 2, 1, 1, None, True, True),
+                                    (32, 8, 1, 1, None, True, True), (64, 4, 2, 1, None, True, True)],
     ('effvmamba_s_stage2', 'bwd'): [(32, 4, 1, 1), (32, 2, 1, 1, 128), (32, 2, 1, 1), (32, 4, 1, 1, 168),
                                     (16, 4, 1, 1), (16, 2, 1, 1, 128), (64, 4, 2, 1)],
     ('effvmamba_s_stage1', 'bwd'): [(32, 4, 1, 1), (32, 2, 1, 1, 128), (32, 2, 1, 1), (32, 4, 1, 1, 168),
@@ -349,7 +351,7 @@ def sweep(time_budget_s, cases=None, kinds=('fwd', 'bwd')):
                 continue
             timings.append((ms, cfg))
             print(f'  {name}/{kind} d={block_d:3d} l={block_l:5d} w={warps} cb={channel_blocks} '
-                  f'regs<={cfg.max_registers}: {ms:.4f} ms',
+                  f'regs<={cfg.max_registers} clamp={cfg.clamp_loads} lanes={cfg.lane_states}: {ms:.4f} ms',
                   flush=True)
         if kind == 'bwd' and case['num_states'] == 1:
             # The backward's forward pre-pass (chunk-start states) alone, at the default backward chunk.
@@ -370,7 +372,7 @@ def sweep(time_budget_s, cases=None, kinds=('fwd', 'bwd')):
                     *args[:5], None, None, args[7], True, case['reverse'], c, None, None, s)
                 ms = do_bench(prepass, warmup=10, rep=50, return_mode='median')
                 print(f'  {name}/bwd pre-pass alone (block_d={cfg.block_d}, block_l={cfg.block_l}, '
-                      f'regs<={cfg.max_registers}): {ms:.4f} ms', flush=True)
+                      f'regs<={cfg.max_registers}, lanes={cfg.lane_states}): {ms:.4f} ms', flush=True)
         if timings:
             timings.sort(key=lambda t: t[0])
             default_kind = kind + '_step' if case['num_states'] > 1 else kind

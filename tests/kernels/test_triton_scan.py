@@ -3,6 +3,7 @@
 Without CUDA the kernels run in Triton's CPU interpreter (``TRITON_INTERPRET=1``, small shapes, small tiles so
 that several chunks are scanned); on a CUDA machine the same cases run compiled, plus the ``gpu`` cases at real sizes.
 """
+import math
 import os
 
 import torch
@@ -167,6 +168,10 @@ def test_without_grad_last_state():
     pytest.param(ScanConfig(block_d=2, block_l=4, num_warps=1), True, id='2ch-4steps-atomic-dBdC'),
     pytest.param(ScanConfig(block_d=8, block_l=8, num_warps=1), False, id='1program-per-group-8steps'),
     pytest.param(ScanConfig(block_d=4, block_l=1, num_warps=1), True, id='1step-per-block'),
+    pytest.param(ScanConfig(block_d=4, block_l=4, num_warps=1, lane_states=True), True,
+                 id='lane-states-4ch-4steps-ragged'),
+    pytest.param(ScanConfig(block_d=8, block_l=1, num_warps=1, lane_states=True, clamp_loads=False), False,
+                 id='lane-states-1step-masked-loads'),
 ])
 def test_step_kernels_vim_like(config, grad_last_state):
     """Vim's call (N=16, both directions as two groups, no z) at an odd length that no block size divides: the
@@ -175,13 +180,14 @@ def test_step_kernels_vim_like(config, grad_last_state):
     run_case(2, 12, 19, 16, 2, reverse=(False, True), z=False, config=config, grad_last_state=grad_last_state)
 
 
-@pytest.mark.parametrize('clamp_loads', [True, False], ids=['clamped-loads', 'masked-loads'])
-def test_step_kernels_empty_sequence(clamp_loads):
+@pytest.mark.parametrize('clamp_loads, lane_states', [(True, False), (False, False), (True, True)],
+                         ids=['clamped-loads', 'masked-loads', 'lane-states'])
+def test_step_kernels_empty_sequence(clamp_loads, lane_states):
     """L = 0 through the step kernels, with a tile that would otherwise load clamped positions (there is none to
     clamp to): empty outputs, the initial (zero) state as last state, zero parameter gradients."""
     inputs, _ = make_inputs(1, 8, 0, 4, 2, z=False)
     args = [inputs[k] for k in GRAD_NAMES]
-    config = ScanConfig(block_d=4, block_l=2, num_warps=1, clamp_loads=clamp_loads)
+    config = ScanConfig(block_d=4, block_l=2, num_warps=1, clamp_loads=clamp_loads, lane_states=lane_states)
     out, last_state = selective_scan_fwd(*args, True, (False, True), 0, torch.float32, config=config)
     assert out.shape == (1, 8, 0) and torch.equal(last_state, torch.zeros_like(last_state))
     grads = selective_scan_bwd(out, torch.ones_like(last_state), *args, True, (False, True), 0, config=config)
@@ -200,6 +206,38 @@ def test_step_kernels_split_directions_over_launches(monkeypatch):
     run_case(1, 14, 9, 4, 7, reverse=reverse, config=ScanConfig(block_d=2, block_l=4, num_warps=1))
 
 
+@pytest.mark.parametrize('num_states, states_per_load, z, D, delta_bias, delta_softplus', [
+    pytest.param(8, 4, True, False, True, True, id='N8-16-byte-loads-z-noD'),
+    pytest.param(6, 2, False, True, False, False, id='N6-8-byte-loads-nobias-nosoftplus'),
+    pytest.param(3, 1, True, True, True, True, id='N3-scalar-loads-ragged-channels'),
+])
+def test_lane_states_kernel_state_counts(num_states, states_per_load, z, D, delta_bias, delta_softplus):
+    """The one-channel-per-lane forward (and pre-pass) at state counts that split B / C into 16-, 8- and 4-byte
+    loads, with channel blocks that do not divide the group (10 channels per group, 4 per program) and the
+    optional inputs switched on and off."""
+    assert math.gcd(num_states, 4) == states_per_load  # BC_VEC of the launch
+    config = ScanConfig(block_d=4, block_l=2, num_warps=1, lane_states=True)
+    run_case(2, 20, 11, num_states, 2, reverse=(True, False), z=z, D=D, delta_bias=delta_bias,
+             delta_softplus=delta_softplus, config=config)
+
+
+def test_lane_states_bc_rows():
+    """B / C reach the lane kernel as fp32 with stride 1 along N: fp32 rows like that pass through uncopied; the
+    Vim mixer's adjacent B / C views (C right after B in one token buffer) become one fp32 copy; any other layout
+    two copies into one buffer. The values are unchanged."""
+    from vmamba.kernels.triton.selective_scan import _states_fp32_rows
+    inputs, _ = make_inputs(2, 8, 5, 4, 2, dtype=torch.float16)
+    B, C = inputs['B'], inputs['C']  # (batch, G, N, L) contiguous: stride along N is L
+    rows_B, rows_C = _states_fp32_rows(B, C)
+    assert rows_B.dtype == rows_C.dtype == torch.float32 and rows_B.stride(2) == rows_C.stride(2) == 1
+    assert torch.equal(rows_B, B.float()) and torch.equal(rows_C, C.float())
+    assert rows_C.data_ptr() == rows_B.data_ptr() + 4 * 4  # one (batch, L, G, 2N) buffer
+    token = as_token_major(inputs)  # B at offset 3 of (batch, L, G, 2N + 3) rows, C right after it
+    tok_B, tok_C = _states_fp32_rows(token['B'], token['C'])
+    assert torch.equal(tok_B, B.float()) and torch.equal(tok_C, C.float()) and tok_B.stride(2) == 1
+    assert _states_fp32_rows(tok_B, tok_C)[0] is tok_B  # already fp32 rows with stride 1: no copy
+
+
 @pytest.mark.parametrize('num_states, local_window, z', [
     pytest.param(16, 0, False, id='step-kernels-N16-vim'),
     pytest.param(4, 0, True, id='step-kernels-N4-z'),
@@ -211,6 +249,13 @@ def test_token_major_inputs(num_states, local_window, z):
     the gradients token-major; the chunked kernels copy them and give the same numbers."""
     run_case(2, 12, 19, num_states, 2, reverse=(False, True), local_window=local_window, z=z, token_major=True,
              config=ScanConfig(block_d=4, block_l=4, num_warps=1) if num_states > 1 and not local_window else None)
+
+
+def test_token_major_inputs_lane_states():
+    """Vim's call through the one-channel-per-lane forward and pre-pass: token-major u / delta / out and B / C as
+    adjacent views of one token buffer (packed into fp32 rows by one copy)."""
+    run_case(2, 12, 19, 16, 2, reverse=(False, True), z=False, token_major=True,
+             config=ScanConfig(block_d=4, block_l=2, num_warps=1, lane_states=True))
 
 
 def test_long_sequences_run_the_chunked_forward(monkeypatch):

@@ -357,6 +357,155 @@ def _selective_scan_fwd_step_kernel(
         tl.store(last_state_ptr + state_offs, h, mask=mask_nd)
 
 
+@triton.jit
+def _scalars(v, COUNT: tl.constexpr):
+    """A (COUNT,) vector that every thread holds whole -> a tuple of COUNT fp32 scalars, by register renaming
+    (repeated ``tl.split``; no data moves)."""
+    if COUNT == 1:
+        return (tl.reshape(v, ()).to(tl.float32),)
+    else:
+        even, odd = tl.split(tl.reshape(v, (COUNT // 2, 2)))
+        evens = _scalars(even, COUNT // 2)
+        odds = _scalars(odd, COUNT // 2)
+        out = ()
+        for k in tl.static_range(COUNT // 2):
+            out = out + (evens[k], odds[k])
+        return out
+
+
+@triton.jit
+def _load_state_scalars(ptr, NUM_STATES: tl.constexpr, VEC: tl.constexpr):
+    """The NUM_STATES contiguous values at ``ptr`` (one position's B or C) as a tuple of fp32 scalars held by every
+    thread, loaded VEC at a time (16 bytes when ``ptr`` and VEC are aligned: a broadcast load per 4 fp32 states)."""
+    vals = ()
+    for k in tl.static_range(NUM_STATES // VEC):
+        vals = vals + _scalars(tl.load(ptr + VEC * k + tl.arange(0, VEC)), VEC)
+    return vals
+
+
+@triton.jit
+def _store_state_vectors(ptrs, states, mask, NUM_STATES: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Store a tuple of NUM_STATES (BLOCK_D,) state vectors to ``ptrs + n`` (each channel's states contiguous), four
+    states of a channel per 16-byte store where NUM_STATES allows (``tl.join`` keeps the four in one thread)."""
+    if NUM_STATES % 4 == 0:
+        quad_offs = tl.arange(0, 4)
+        for q in tl.static_range(NUM_STATES // 4):
+            quad = tl.join(tl.join(states[4 * q], states[4 * q + 2]), tl.join(states[4 * q + 1], states[4 * q + 3]))
+            tl.store(ptrs[:, None] + (4 * q + quad_offs)[None, :], tl.reshape(quad, (BLOCK_D, 4)),
+                     mask=mask[:, None])
+    else:
+        for n in tl.static_range(NUM_STATES):
+            tl.store(ptrs + n, states[n], mask=mask)
+
+
+@triton.jit
+def _lane_block_loads(chunk, length, mask_d, u_ptrs, delta_ptrs, su_l, sdt_l, reverse,
+                      STEPS: tl.constexpr, FULL_TILE: tl.constexpr):
+    """u and delta of the STEPS positions of block ``chunk`` ((BLOCK_D,) vectors in their storage dtype), masked to 0
+    outside the sequence or, with ``FULL_TILE``, clamped to its ends (see :func:`_step_block_loads`)."""
+    us = ()
+    deltas = ()
+    for j in tl.static_range(STEPS):
+        i = chunk * STEPS + j
+        if FULL_TILE:
+            t = _step_position(tl.maximum(tl.minimum(i, length - 1), 0), length, reverse)
+            us = us + (tl.load(u_ptrs + t * su_l),)
+            deltas = deltas + (tl.load(delta_ptrs + t * sdt_l),)
+        else:
+            t = _step_position(i, length, reverse)
+            mask = mask_d & (i < length)
+            us = us + (tl.load(u_ptrs + t * su_l, mask=mask, other=0.0),)
+            deltas = deltas + (tl.load(delta_ptrs + t * sdt_l, mask=mask, other=0.0),)
+    return us, deltas
+
+
+@triton.jit
+def _selective_scan_fwd_lanes_kernel(
+        u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, delta_bias_ptr, out_ptr, last_state_ptr,
+        chunk_states_ptr,
+        length, channels, channels_per_group, num_chunks, group_offset, reverse_bits,
+        su_b, su_c, su_l, sdt_b, sdt_c, sdt_l, sz_b, sz_c, sz_l, so_b, so_c, so_l,
+        sB_b, sB_g, sB_l, sC_b, sC_g, sC_l,
+        HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DELTA_BIAS: tl.constexpr, DELTA_SOFTPLUS: tl.constexpr,
+        WRITE_OUTPUT: tl.constexpr, WRITE_CHUNK_STATES: tl.constexpr,
+        NUM_STATES: tl.constexpr, BC_VEC: tl.constexpr, BLOCK_D: tl.constexpr, STEPS: tl.constexpr,
+        FULL_TILE: tl.constexpr,
+):
+    """Step-by-step forward (N > 1, no LB window) with one channel per lane: each thread keeps its channel's N
+    states as N register vectors (a tuple, unrolled), so the sum over states is in-thread, softplus runs once per
+    channel and position, and a position's B and C (fp32, states contiguous: stride 1 along N) are broadcast loads
+    of 16 bytes split into scalars. Per state and position that leaves one exp2 (MUFU) and four FP32 instructions,
+    where the (N, BLOCK_D) tile of :func:`_selective_scan_fwd_step_kernel` spreads a channel's states over 4 lanes
+    and repeats each channel's softplus and each state's B / C conversion on every lane that holds them.
+
+    Same walk as :func:`_selective_scan_fwd_step_kernel` (blocks of STEPS positions, the next block's u / delta
+    loaded while the current one runs, per-group direction bits, strided sequence tensors) and the same pre-pass
+    mode (WRITE_OUTPUT False, WRITE_CHUNK_STATES True: the state before each block to (batch, num_chunks, channels,
+    N))."""
+    pid_d = tl.program_id(0)
+    group = tl.program_id(1).to(tl.int64) + group_offset
+    reverse = (reverse_bits >> tl.program_id(1)) & 1  # this group scans from the end
+    batch = tl.program_id(2).to(tl.int64)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask_d = offs_d < channels_per_group
+    chan = group * channels_per_group + offs_d.to(tl.int64)
+
+    A2 = ()  # A * log2(e), one (BLOCK_D,) vector per state
+    h = ()
+    for n in tl.static_range(NUM_STATES):
+        A2 = A2 + (tl.load(A_ptr + chan * NUM_STATES + n, mask=mask_d, other=0.0) * 1.4426950408889634,)
+        h = h + (tl.zeros([BLOCK_D], dtype=tl.float32),)
+    if HAS_D:
+        D = tl.load(D_ptr + chan, mask=mask_d, other=0.0)
+    if HAS_DELTA_BIAS:
+        delta_bias = tl.load(delta_bias_ptr + chan, mask=mask_d, other=0.0)
+    else:
+        delta_bias = None
+    u_ptrs = u_ptr + batch * su_b + chan * su_c
+    dt_ptrs = delta_ptr + batch * sdt_b + chan * sdt_c
+    z_ptrs = z_ptr + batch * sz_b + chan * sz_c
+    out_ptrs = out_ptr + batch * so_b + chan * so_c
+    B_row = B_ptr + batch * sB_b + group * sB_g
+    C_row = C_ptr + batch * sC_b + group * sC_g
+
+    block = _lane_block_loads(0, length, mask_d, u_ptrs, dt_ptrs, su_l, sdt_l, reverse, STEPS, FULL_TILE)
+    for chunk in range(num_chunks):
+        if WRITE_CHUNK_STATES:
+            _store_state_vectors(chunk_states_ptr + ((batch * num_chunks + chunk) * channels + chan) * NUM_STATES,
+                                 h, mask_d, NUM_STATES, BLOCK_D)
+        us, deltas = block
+        block = _lane_block_loads(chunk + 1, length, mask_d, u_ptrs, dt_ptrs, su_l, sdt_l, reverse, STEPS,
+                                  FULL_TILE)
+        for j in tl.static_range(STEPS):
+            i = chunk * STEPS + j
+            mask = mask_d & (i < length)
+            t = _step_position(i, length, reverse)
+            # B / C of a position past the end are read at the last one (dt is 0 there, so they do not count)
+            t_in = _step_position(tl.maximum(tl.minimum(i, length - 1), 0), length, reverse)
+            Bs = _load_state_scalars(B_row + t_in * sB_l, NUM_STATES, BC_VEC)
+            u = us[j].to(tl.float32)
+            dt, _ = _step_dt(deltas[j].to(tl.float32), mask, delta_bias, HAS_DELTA_BIAS, DELTA_SOFTPLUS)
+            dtu = dt * u
+            new_h = ()
+            for n in tl.static_range(NUM_STATES):
+                new_h = new_h + (tl.exp2(dt * A2[n]) * h[n] + Bs[n] * dtu,)
+            h = new_h
+            if WRITE_OUTPUT:
+                Cs = _load_state_scalars(C_row + t_in * sC_l, NUM_STATES, BC_VEC)
+                if HAS_D:
+                    y = D * u
+                else:
+                    y = tl.zeros([BLOCK_D], dtype=tl.float32)
+                for n in tl.static_range(NUM_STATES):
+                    y += Cs[n] * h[n]
+                if HAS_Z:
+                    z = tl.load(z_ptrs + t * sz_l, mask=mask, other=0.0).to(tl.float32)
+                    y *= z * tl.sigmoid(z)
+                tl.store(out_ptrs + t * so_l, y.to(out_ptr.dtype.element_ty), mask=mask)
+    if WRITE_OUTPUT:
+        _store_state_vectors(last_state_ptr + (batch * channels + chan) * NUM_STATES, h, mask_d, NUM_STATES, BLOCK_D)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Backward kernel
 
@@ -737,13 +886,17 @@ class ScanConfig:
     states per program, walking ``block_l`` positions per unrolled block (the backward stores one state per block).
     ``max_registers`` (step kernels): a cap on registers per thread (Triton's ``maxnreg``), trading spills for more
     resident warps. ``clamp_loads`` (step kernels): when no channel or state of a tile is masked, positions past the
-    sequence load clamped to its ends instead of masked (unpredicated loads; dt is zeroed there either way)."""
+    sequence load clamped to its ends instead of masked (unpredicated loads; dt is zeroed there either way).
+    ``lane_states`` (the step forward, and in a 'bwd_step' config the backward's pre-pass): one channel per lane with
+    its N states in registers (:func:`_selective_scan_fwd_lanes_kernel`) instead of an (N, block_d) tile spread over
+    lanes."""
     block_d: int
     block_l: int
     num_warps: int = 4
     channel_blocks: int = 1
     max_registers: Optional[int] = None
     clamp_loads: bool = True
+    lane_states: bool = False
 
 
 def default_config(kind: str, num_states: int, length: int, channels_per_group: int,
@@ -769,7 +922,7 @@ def default_config(kind: str, num_states: int, length: int, channels_per_group: 
     # stage 2: 0.665 -> 0.467 ms (v12) -> 0.381 ms (v13)), backward 32 x 4 (1.94 -> 1.83 ms with clamped loads).
     if kind == 'fwd_step':
         if token_major:
-            return ScanConfig(block_d=32, block_l=2, num_warps=1, max_registers=128)
+            return ScanConfig(block_d=32, block_l=2, num_warps=1, lane_states=True)
         return ScanConfig(block_d=16, block_l=4, num_warps=1)
     if kind == 'bwd_step':
         if token_major:
@@ -890,6 +1043,10 @@ def _launch_fwd_step(u, delta, A, B, C, D, z, delta_bias, delta_softplus, revers
                      chunk_states=None):
     """Forward with the step-by-step kernel (N > 1, no LB window). With ``out`` None it is the backward's pre-pass:
     it only stores the state before each block of ``config.block_l`` positions into ``chunk_states``."""
+    if config.lane_states:
+        _launch_fwd_lanes(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, config, out, last_state,
+                          chunk_states)
+        return
     batch, channels, length = u.shape
     num_groups, num_states = B.shape[1], B.shape[2]
     per_group = channels // num_groups
@@ -909,6 +1066,55 @@ def _launch_fwd_step(u, delta, A, B, C, D, z, delta_bias, delta_softplus, revers
             DELTA_SOFTPLUS=bool(delta_softplus),
             WRITE_OUTPUT=write_output, WRITE_CHUNK_STATES=chunk_states is not None,
             NUM_STATES=num_states, BLOCK_D=config.block_d, BLOCK_N=next_power_of_2(num_states),
+            STEPS=config.block_l, FULL_TILE=_full_tile(per_group, num_states, length, config),
+            num_warps=config.num_warps, **_register_cap(config),
+        )
+
+
+def _states_fp32_rows(B: torch.Tensor, C: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """B, C (batch, G, N, L) -> fp32 (batch, G, N, L) views with stride 1 along N, what the lane kernel's 16-byte
+    loads read: the inputs themselves when they already are, else views of one (batch, L, G, 2N) fp32 copy of both
+    (one copy kernel when C directly follows B in memory, as in the Vim mixer's x_proj output). The kernels compute
+    in fp32 either way, so the values are the same."""
+    if B.dtype == C.dtype == torch.float32 and B.stride(2) == 1 and C.stride(2) == 1:
+        return B, C
+    batch, groups, num_states, length = B.shape
+    packed = torch.empty((batch, length, groups, 2 * num_states), device=B.device, dtype=torch.float32)
+    if (B.dtype == C.dtype and B.stride() == C.stride() and B.stride(2) == 1
+            and C.data_ptr() == B.data_ptr() + num_states * B.element_size()):
+        both = B.as_strided((batch, groups, 2 * num_states, length), B.stride())
+        packed.copy_(both.permute(0, 3, 1, 2))
+    else:
+        packed[..., :num_states].copy_(B.permute(0, 3, 1, 2))
+        packed[..., num_states:].copy_(C.permute(0, 3, 1, 2))
+    rows = packed.permute(0, 2, 3, 1)  # (batch, G, 2N, L)
+    return rows[:, :, :num_states], rows[:, :, num_states:]
+
+
+def _launch_fwd_lanes(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, config, out, last_state,
+                      chunk_states):
+    """:func:`_launch_fwd_step` with one channel per lane (``config.lane_states``)."""
+    batch, channels, length = u.shape
+    num_groups, num_states = B.shape[1], B.shape[2]
+    per_group = channels // num_groups
+    num_chunks = cdiv(length, config.block_l)
+    B, C = _states_fp32_rows(B, C)
+    write_output = out is not None
+    dummy = u
+    for first_group, count, reverse_bits in _direction_bits(reverse):
+        grid = (cdiv(per_group, config.block_d), count, batch)
+        _selective_scan_fwd_lanes_kernel[grid](
+            u, delta, A, B, C, D if D is not None else dummy, z if z is not None else dummy,
+            delta_bias if delta_bias is not None else dummy,
+            out if write_output else dummy, last_state if write_output else dummy,
+            chunk_states if chunk_states is not None else dummy,
+            length, channels, per_group, num_chunks, first_group, reverse_bits,
+            *_strides(u), *_strides(delta), *_strides(z), *_strides(out),
+            B.stride(0), B.stride(1), B.stride(3), C.stride(0), C.stride(1), C.stride(3),
+            HAS_D=D is not None, HAS_Z=z is not None, HAS_DELTA_BIAS=delta_bias is not None,
+            DELTA_SOFTPLUS=bool(delta_softplus),
+            WRITE_OUTPUT=write_output, WRITE_CHUNK_STATES=chunk_states is not None,
+            NUM_STATES=num_states, BC_VEC=math.gcd(num_states, 4), BLOCK_D=config.block_d,
             STEPS=config.block_l, FULL_TILE=_full_tile(per_group, num_states, length, config),
             num_warps=config.num_warps, **_register_cap(config),
         )
