@@ -222,20 +222,19 @@ def test_lane_states_kernel_state_counts(num_states, states_per_load, z, D, delt
 
 
 def test_lane_states_bc_rows():
-    """B / C reach the lane kernel as fp32 with stride 1 along N: fp32 rows like that pass through uncopied; the
-    Vim mixer's adjacent B / C views (C right after B in one token buffer) become one fp32 copy; any other layout
-    two copies into one buffer. The values are unchanged."""
-    from vmamba.kernels.triton.selective_scan import _states_fp32_rows
+    """B / C reach the lane kernel with stride 1 along N: token-major views like Vim's (B and C inside one token
+    buffer) pass through uncopied in their own dtype; other layouts become views of one (batch, L, G, 2N) fp32 copy.
+    The values are unchanged."""
+    from vmamba.kernels.triton.selective_scan import _state_rows
     inputs, _ = make_inputs(2, 8, 5, 4, 2, dtype=torch.float16)
     B, C = inputs['B'], inputs['C']  # (batch, G, N, L) contiguous: stride along N is L
-    rows_B, rows_C = _states_fp32_rows(B, C)
+    rows_B, rows_C = _state_rows(B, C)
     assert rows_B.dtype == rows_C.dtype == torch.float32 and rows_B.stride(2) == rows_C.stride(2) == 1
     assert torch.equal(rows_B, B.float()) and torch.equal(rows_C, C.float())
-    assert rows_C.data_ptr() == rows_B.data_ptr() + 4 * 4  # one (batch, L, G, 2N) buffer
-    token = as_token_major(inputs)  # B at offset 3 of (batch, L, G, 2N + 3) rows, C right after it
-    tok_B, tok_C = _states_fp32_rows(token['B'], token['C'])
-    assert torch.equal(tok_B, B.float()) and torch.equal(tok_C, C.float()) and tok_B.stride(2) == 1
-    assert _states_fp32_rows(tok_B, tok_C)[0] is tok_B  # already fp32 rows with stride 1: no copy
+    assert rows_C.data_ptr() == rows_B.data_ptr() + 4 * 4  # one buffer, C after B at each position
+    token = as_token_major(inputs)
+    tok_B, tok_C = _state_rows(token['B'], token['C'])
+    assert tok_B is token['B'] and tok_C is token['C']
 
 
 @pytest.mark.parametrize('num_states, local_window, z', [
@@ -253,7 +252,7 @@ def test_token_major_inputs(num_states, local_window, z):
 
 def test_token_major_inputs_lane_states():
     """Vim's call through the one-channel-per-lane forward and pre-pass: token-major u / delta / out and B / C as
-    adjacent views of one token buffer (packed into fp32 rows by one copy)."""
+    views of one token buffer, read in place."""
     run_case(2, 12, 19, 16, 2, reverse=(False, True), z=False, token_major=True,
              config=ScanConfig(block_d=4, block_l=2, num_warps=1, lane_states=True))
 

@@ -399,24 +399,32 @@ def _store_state_vectors(ptrs, states, mask, NUM_STATES: tl.constexpr, BLOCK_D: 
 
 
 @triton.jit
-def _lane_block_loads(chunk, length, mask_d, u_ptrs, delta_ptrs, su_l, sdt_l, reverse,
-                      STEPS: tl.constexpr, FULL_TILE: tl.constexpr):
-    """u and delta of the STEPS positions of block ``chunk`` ((BLOCK_D,) vectors in their storage dtype), masked to 0
-    outside the sequence or, with ``FULL_TILE``, clamped to its ends (see :func:`_step_block_loads`)."""
+def _lane_block_loads(chunk, length, mask_d, u_ptrs, delta_ptrs, B_row, C_row, su_l, sdt_l, sB_l, sC_l, reverse,
+                      WITH_C: tl.constexpr, NUM_STATES: tl.constexpr, BC_VEC: tl.constexpr, STEPS: tl.constexpr,
+                      FULL_TILE: tl.constexpr):
+    """Inputs of the STEPS positions of block ``chunk``: tuples (u, delta, B, C) of STEPS entries; u and delta
+    (BLOCK_D,) vectors in their storage dtype, masked to 0 outside the sequence or, with ``FULL_TILE``, clamped to
+    its ends (see :func:`_step_block_loads`); B and C tuples of NUM_STATES fp32 scalars, read at the nearest position
+    of the sequence (dt is 0 outside it, so they do not count there). C is empty without ``WITH_C``."""
     us = ()
     deltas = ()
+    Bs = ()
+    Cs = ()
     for j in tl.static_range(STEPS):
         i = chunk * STEPS + j
+        t_in = _step_position(tl.maximum(tl.minimum(i, length - 1), 0), length, reverse)
         if FULL_TILE:
-            t = _step_position(tl.maximum(tl.minimum(i, length - 1), 0), length, reverse)
-            us = us + (tl.load(u_ptrs + t * su_l),)
-            deltas = deltas + (tl.load(delta_ptrs + t * sdt_l),)
+            us = us + (tl.load(u_ptrs + t_in * su_l),)
+            deltas = deltas + (tl.load(delta_ptrs + t_in * sdt_l),)
         else:
             t = _step_position(i, length, reverse)
             mask = mask_d & (i < length)
             us = us + (tl.load(u_ptrs + t * su_l, mask=mask, other=0.0),)
             deltas = deltas + (tl.load(delta_ptrs + t * sdt_l, mask=mask, other=0.0),)
-    return us, deltas
+        Bs = Bs + (_load_state_scalars(B_row + t_in * sB_l, NUM_STATES, BC_VEC),)
+        if WITH_C:
+            Cs = Cs + (_load_state_scalars(C_row + t_in * sC_l, NUM_STATES, BC_VEC),)
+    return us, deltas, Bs, Cs
 
 
 @triton.jit
@@ -433,7 +441,7 @@ def _selective_scan_fwd_lanes_kernel(
 ):
     """Step-by-step forward (N > 1, no LB window) with one channel per lane: each thread keeps its channel's N
     states as N register vectors (a tuple, unrolled), so the sum over states is in-thread, softplus runs once per
-    channel and position, and a position's B and C (fp32, states contiguous: stride 1 along N) are broadcast loads
+    channel and position, and a position's B and C (states contiguous: stride 1 along N) are broadcast loads
     of 16 bytes split into scalars. Per state and position that leaves one exp2 (MUFU) and four FP32 instructions,
     where the (N, BLOCK_D) tile of :func:`_selective_scan_fwd_step_kernel` spreads a channel's states over 4 lanes
     and repeats each channel's softplus and each state's B / C conversion on every lane that holds them.
@@ -468,21 +476,22 @@ def _selective_scan_fwd_lanes_kernel(
     B_row = B_ptr + batch * sB_b + group * sB_g
     C_row = C_ptr + batch * sC_b + group * sC_g
 
-    block = _lane_block_loads(0, length, mask_d, u_ptrs, dt_ptrs, su_l, sdt_l, reverse, STEPS, FULL_TILE)
+    # Software pipelining as in the tile kernel: block ``chunk + 1``'s inputs, B and C included, load while block
+    # ``chunk`` runs (past the sequence end they are clamped or masked).
+    block = _lane_block_loads(0, length, mask_d, u_ptrs, dt_ptrs, B_row, C_row, su_l, sdt_l, sB_l, sC_l, reverse,
+                              WRITE_OUTPUT, NUM_STATES, BC_VEC, STEPS, FULL_TILE)
     for chunk in range(num_chunks):
         if WRITE_CHUNK_STATES:
             _store_state_vectors(chunk_states_ptr + ((batch * num_chunks + chunk) * channels + chan) * NUM_STATES,
                                  h, mask_d, NUM_STATES, BLOCK_D)
-        us, deltas = block
-        block = _lane_block_loads(chunk + 1, length, mask_d, u_ptrs, dt_ptrs, su_l, sdt_l, reverse, STEPS,
-                                  FULL_TILE)
+        us, deltas, Bss, Css = block
+        block = _lane_block_loads(chunk + 1, length, mask_d, u_ptrs, dt_ptrs, B_row, C_row, su_l, sdt_l, sB_l,
+                                  sC_l, reverse, WRITE_OUTPUT, NUM_STATES, BC_VEC, STEPS, FULL_TILE)
         for j in tl.static_range(STEPS):
             i = chunk * STEPS + j
             mask = mask_d & (i < length)
             t = _step_position(i, length, reverse)
-            # B / C of a position past the end are read at the last one (dt is 0 there, so they do not count)
-            t_in = _step_position(tl.maximum(tl.minimum(i, length - 1), 0), length, reverse)
-            Bs = _load_state_scalars(B_row + t_in * sB_l, NUM_STATES, BC_VEC)
+            Bs = Bss[j]
             u = us[j].to(tl.float32)
             dt, _ = _step_dt(deltas[j].to(tl.float32), mask, delta_bias, HAS_DELTA_BIAS, DELTA_SOFTPLUS)
             dtu = dt * u
@@ -491,13 +500,18 @@ def _selective_scan_fwd_lanes_kernel(
                 new_h = new_h + (tl.exp2(dt * A2[n]) * h[n] + Bs[n] * dtu,)
             h = new_h
             if WRITE_OUTPUT:
-                Cs = _load_state_scalars(C_row + t_in * sC_l, NUM_STATES, BC_VEC)
+                Cs = Css[j]
+                # two partial sums over the states: half the dependent chain
+                y_even = tl.zeros([BLOCK_D], dtype=tl.float32)
+                y_odd = tl.zeros([BLOCK_D], dtype=tl.float32)
+                for n in tl.static_range(0, NUM_STATES - 1, 2):
+                    y_even += Cs[n] * h[n]
+                    y_odd += Cs[n + 1] * h[n + 1]
+                if NUM_STATES % 2 == 1:
+                    y_even += Cs[NUM_STATES - 1] * h[NUM_STATES - 1]
+                y = y_even + y_odd
                 if HAS_D:
-                    y = D * u
-                else:
-                    y = tl.zeros([BLOCK_D], dtype=tl.float32)
-                for n in tl.static_range(NUM_STATES):
-                    y += Cs[n] * h[n]
+                    y += D * u
                 if HAS_Z:
                     z = tl.load(z_ptrs + t * sz_l, mask=mask, other=0.0).to(tl.float32)
                     y *= z * tl.sigmoid(z)
@@ -922,7 +936,7 @@ def default_config(kind: str, num_states: int, length: int, channels_per_group: 
     # stage 2: 0.665 -> 0.467 ms (v12) -> 0.381 ms (v13)), backward 32 x 4 (1.94 -> 1.83 ms with clamped loads).
     if kind == 'fwd_step':
         if token_major:
-            return ScanConfig(block_d=32, block_l=2, num_warps=1, lane_states=True)
+            return ScanConfig(block_d=64, block_l=2, num_warps=1, lane_states=True)
         return ScanConfig(block_d=16, block_l=4, num_warps=1)
     if kind == 'bwd_step':
         if token_major:
@@ -1071,22 +1085,16 @@ def _launch_fwd_step(u, delta, A, B, C, D, z, delta_bias, delta_softplus, revers
         )
 
 
-def _states_fp32_rows(B: torch.Tensor, C: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """B, C (batch, G, N, L) -> fp32 (batch, G, N, L) views with stride 1 along N, what the lane kernel's 16-byte
-    loads read: the inputs themselves when they already are, else views of one (batch, L, G, 2N) fp32 copy of both
-    (one copy kernel when C directly follows B in memory, as in the Vim mixer's x_proj output). The kernels compute
-    in fp32 either way, so the values are the same."""
-    if B.dtype == C.dtype == torch.float32 and B.stride(2) == 1 and C.stride(2) == 1:
+def _state_rows(B: torch.Tensor, C: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """B, C (batch, G, N, L) as the lane kernel reads them, with stride 1 along N (a position's states in one
+    16-byte load): the inputs themselves when they already are (Vim's token-major x_proj output), else views of one
+    (batch, L, G, 2N) fp32 copy of both. The kernel computes in fp32 either way, so the values are the same."""
+    if B.stride(2) == 1 and C.stride(2) == 1:
         return B, C
     batch, groups, num_states, length = B.shape
     packed = torch.empty((batch, length, groups, 2 * num_states), device=B.device, dtype=torch.float32)
-    if (B.dtype == C.dtype and B.stride() == C.stride() and B.stride(2) == 1
-            and C.data_ptr() == B.data_ptr() + num_states * B.element_size()):
-        both = B.as_strided((batch, groups, 2 * num_states, length), B.stride())
-        packed.copy_(both.permute(0, 3, 1, 2))
-    else:
-        packed[..., :num_states].copy_(B.permute(0, 3, 1, 2))
-        packed[..., num_states:].copy_(C.permute(0, 3, 1, 2))
+    packed[..., :num_states].copy_(B.permute(0, 3, 1, 2))
+    packed[..., num_states:].copy_(C.permute(0, 3, 1, 2))
     rows = packed.permute(0, 2, 3, 1)  # (batch, G, 2N, L)
     return rows[:, :, :num_states], rows[:, :, num_states:]
 
@@ -1098,7 +1106,11 @@ def _launch_fwd_lanes(u, delta, A, B, C, D, z, delta_bias, delta_softplus, rever
     num_groups, num_states = B.shape[1], B.shape[2]
     per_group = channels // num_groups
     num_chunks = cdiv(length, config.block_l)
-    B, C = _states_fp32_rows(B, C)
+    if length == 0:  # the kernel reads B / C at the nearest position, and there is none: the state stays zero
+        if last_state is not None:
+            last_state.zero_()
+        return
+    B, C = _state_rows(B, C)
     write_output = out is not None
     dummy = u
     for first_group, count, reverse_bits in _direction_bits(reverse):
@@ -1114,7 +1126,7 @@ def _launch_fwd_lanes(u, delta, A, B, C, D, z, delta_bias, delta_softplus, rever
             HAS_D=D is not None, HAS_Z=z is not None, HAS_DELTA_BIAS=delta_bias is not None,
             DELTA_SOFTPLUS=bool(delta_softplus),
             WRITE_OUTPUT=write_output, WRITE_CHUNK_STATES=chunk_states is not None,
-            NUM_STATES=num_states, BC_VEC=math.gcd(num_states, 4), BLOCK_D=config.block_d,
+            NUM_STATES=num_states, BC_VEC=math.gcd(num_states, 16 // B.element_size()), BLOCK_D=config.block_d,
             STEPS=config.block_l, FULL_TILE=_full_tile(per_group, num_states, length, config),
             num_warps=config.num_warps, **_register_cap(config),
         )
