@@ -377,7 +377,8 @@ def sweep(time_budget_s, cases=None, kinds=('fwd', 'bwd')):
             timings.sort(key=lambda t: t[0])
             default_kind = kind + '_step' if case['num_states'] > 1 else kind
             default = default_config(default_kind, case['num_states'], case['length'],
-                                     case['channels'] // case['groups'], case.get('token_major', False))
+                                     case['channels'] // case['groups'], case.get('token_major', False),
+                                     sequences=case['batch'] * case['groups'])
             best[(name, kind)] = timings[0][1]
             print(f'  best {name}/{kind}: {timings[0][1]} {timings[0][0]:.4f} ms (default {default})', flush=True)
     return best

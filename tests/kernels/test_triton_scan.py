@@ -237,6 +237,18 @@ def test_lane_states_bc_rows():
     assert tok_B is token['B'] and tok_C is token['C']
 
 
+def test_default_step_forward_kernel(monkeypatch):
+    """The compiled default for the step forward: one channel per lane for token-major rows with enough 64-channel
+    programs (Vim-S at batch 128: 3072), the tile kernel for fewer (Vim-T: 1536) and for contiguous rows."""
+    from vmamba.kernels.triton import selective_scan as scan
+    monkeypatch.setattr(scan, 'interpreting', lambda: False)
+    vim_s = scan.default_config('fwd_step', 16, 197, 768, token_major=True, sequences=128 * 2)
+    assert vim_s.lane_states and vim_s.block_d == 64
+    assert not scan.default_config('fwd_step', 16, 197, 384, token_major=True, sequences=128 * 2).lane_states
+    assert not scan.default_config('fwd_step', 16, 196, 256, token_major=False, sequences=128 * 4).lane_states
+    assert not scan.default_config('bwd_step', 16, 197, 768, token_major=True, sequences=128 * 2).lane_states
+
+
 @pytest.mark.parametrize('num_states, local_window, z', [
     pytest.param(16, 0, False, id='step-kernels-N16-vim'),
     pytest.param(4, 0, True, id='step-kernels-N4-z'),

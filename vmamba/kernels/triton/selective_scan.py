@@ -913,11 +913,18 @@ class ScanConfig:
     lane_states: bool = False
 
 
+# The one-channel-per-lane forward (64 channels per 1-warp program, ~168 registers: 12 warps per SM) needs this many
+# programs to keep the GPU busy; below, the tile kernel's 32-channel programs run faster. H100, v14: Vim-S mixer
+# (3072 programs) 0.335 -> 0.289 ms and +4.6% model inference; Vim-T (1536 programs) -9% model inference.
+LANE_FORWARD_MIN_PROGRAMS = 2048
+
+
 def default_config(kind: str, num_states: int, length: int, channels_per_group: int,
-                   token_major: bool = False) -> ScanConfig:
+                   token_major: bool = False, sequences: int = 0) -> ScanConfig:
     """Tile sizes for ``kind``: 'fwd' / 'bwd' (chunked scan kernels) or 'fwd_step' / 'bwd_step' (step-by-step
     kernels for N > 1 without LB window). ``token_major``: the step kernels' sequence tensors are (batch, L,
-    channels) memory (Vim), not contiguous rows (EfficientVMamba)."""
+    channels) memory (Vim), not contiguous rows (EfficientVMamba). ``sequences``: batch x groups, the number of
+    channel rows' owners (0: unknown), which decides between the step forward's two kernels."""
     if kind not in ('fwd', 'bwd', 'fwd_step', 'bwd_step'):
         raise ValueError(f"kind must be 'fwd', 'bwd', 'fwd_step' or 'bwd_step', got {kind!r}")
     block_n = next_power_of_2(num_states)
@@ -934,9 +941,14 @@ def default_config(kind: str, num_states: int, length: int, channels_per_group: 
     # 2.14 ms at cap 128, 1.99 uncapped; 1.94 with clamped loads). Contiguous rows (each channel's positions
     # contiguous): no cap (the spills' traffic costs 2-4x there); forward 16 channels x 4 steps (EfficientVMamba-S
     # stage 2: 0.665 -> 0.467 ms (v12) -> 0.381 ms (v13)), backward 32 x 4 (1.94 -> 1.83 ms with clamped loads).
+    # v14: token-major forwards with enough programs run one channel per lane, 64 channels x 2 steps (Vim-S mixer
+    # 0.336 -> 0.289 ms); on contiguous rows it is 2x slower than the tile kernel, and as the backward's pre-pass
+    # 1.4-2x slower (benchmarks/results/v14).
     if kind == 'fwd_step':
         if token_major:
-            return ScanConfig(block_d=64, block_l=2, num_warps=1, lane_states=True)
+            if sequences * cdiv(channels_per_group, 64) >= LANE_FORWARD_MIN_PROGRAMS:
+                return ScanConfig(block_d=64, block_l=2, num_warps=1, lane_states=True)
+            return ScanConfig(block_d=32, block_l=2, num_warps=1, max_registers=128)
         return ScanConfig(block_d=16, block_l=4, num_warps=1)
     if kind == 'bwd_step':
         if token_major:
@@ -1276,7 +1288,8 @@ def selective_scan_fwd(
     chunk_states = None
     if _uses_step_kernels(num_states, local_window, length, forward_rows=(u, delta, B, C, z)):
         if config is None:
-            config = default_config('fwd_step', num_states, length, per_group, is_token_major(u))
+            config = default_config('fwd_step', num_states, length, per_group, is_token_major(u),
+                                    sequences=batch * B.shape[1])
         _launch_fwd_step(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, config, out, last_state)
         return (out, last_state, chunk_states) if save_chunk_states else (out, last_state)
     if config is None:
