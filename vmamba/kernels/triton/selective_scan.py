@@ -13,6 +13,8 @@ backward kernel walks the chunks in reverse scan order, recomputes the chunk's s
 
 N > 1 without LB window (Vim) runs step kernels instead: a (N, BLOCK_D) state tile walks the sequence one position
 at a time (unrolled in blocks of STEPS positions), forward and backward; a reversed group is walked from the end.
+Large token-major forwards run the step walk with one channel per lane instead (its N states in registers:
+``ScanConfig.lane_states``).
 See ``README.md`` next to this file for the recurrences.
 """
 from __future__ import annotations
