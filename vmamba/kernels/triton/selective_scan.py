@@ -1079,24 +1079,34 @@ def _launch_fwd_step(u, delta, A, B, C, D, z, delta_bias, delta_softplus, revers
     num_groups, num_states = B.shape[1], B.shape[2]
     per_group = channels // num_groups
     num_chunks = cdiv(length, config.block_l)
-    write_output = out is not None
-    dummy = u
     for first_group, count, reverse_bits in _direction_bits(reverse):
         grid = (cdiv(per_group, config.block_d), count, batch)
         _selective_scan_fwd_step_kernel[grid](
-            u, delta, A, B, C, D if D is not None else dummy, z if z is not None else dummy,
-            delta_bias if delta_bias is not None else dummy,
-            out if write_output else dummy, last_state if write_output else dummy,
-            chunk_states if chunk_states is not None else dummy,
+            *_fwd_step_pointers(u, delta, A, B, C, D, z, delta_bias, out, last_state, chunk_states),
             length, channels, per_group, num_groups, num_chunks, first_group, reverse_bits,
             *_strides(u), *_strides(delta), *_strides(z), *_strides(out), *_strides(B), *_strides(C),
-            HAS_D=D is not None, HAS_Z=z is not None, HAS_DELTA_BIAS=delta_bias is not None,
-            DELTA_SOFTPLUS=bool(delta_softplus),
-            WRITE_OUTPUT=write_output, WRITE_CHUNK_STATES=chunk_states is not None,
-            NUM_STATES=num_states, BLOCK_D=config.block_d, BLOCK_N=next_power_of_2(num_states),
-            STEPS=config.block_l, FULL_TILE=_full_tile(per_group, num_states, length, config),
-            num_warps=config.num_warps, **_register_cap(config),
+            BLOCK_N=next_power_of_2(num_states),
+            **_fwd_step_options(D, z, delta_bias, delta_softplus, out, chunk_states, per_group, num_states, length,
+                                config),
         )
+
+
+def _fwd_step_pointers(u, delta, A, B, C, D, z, delta_bias, out, last_state, chunk_states) -> tuple:
+    """Pointer arguments of both step-forward kernels; an absent optional tensor is passed as ``u`` (never
+    dereferenced: its flag is off)."""
+    return (u, delta, A, B, C, *(t if t is not None else u for t in (D, z, delta_bias, out, last_state, chunk_states)))
+
+
+def _fwd_step_options(D, z, delta_bias, delta_softplus, out, chunk_states, per_group: int, num_states: int,
+                      length: int, config: ScanConfig) -> dict:
+    """Compile-time flags and launch options shared by both step-forward kernels."""
+    return dict(
+        HAS_D=D is not None, HAS_Z=z is not None, HAS_DELTA_BIAS=delta_bias is not None,
+        DELTA_SOFTPLUS=bool(delta_softplus), WRITE_OUTPUT=out is not None, WRITE_CHUNK_STATES=chunk_states is not None,
+        NUM_STATES=num_states, BLOCK_D=config.block_d, STEPS=config.block_l,
+        FULL_TILE=_full_tile(per_group, num_states, length, config),
+        num_warps=config.num_warps, **_register_cap(config),
+    )
 
 
 def _state_rows(B: torch.Tensor, C: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -1125,24 +1135,16 @@ def _launch_fwd_lanes(u, delta, A, B, C, D, z, delta_bias, delta_softplus, rever
             last_state.zero_()
         return
     B, C = _state_rows(B, C)
-    write_output = out is not None
-    dummy = u
     for first_group, count, reverse_bits in _direction_bits(reverse):
         grid = (cdiv(per_group, config.block_d), count, batch)
         _selective_scan_fwd_lanes_kernel[grid](
-            u, delta, A, B, C, D if D is not None else dummy, z if z is not None else dummy,
-            delta_bias if delta_bias is not None else dummy,
-            out if write_output else dummy, last_state if write_output else dummy,
-            chunk_states if chunk_states is not None else dummy,
+            *_fwd_step_pointers(u, delta, A, B, C, D, z, delta_bias, out, last_state, chunk_states),
             length, channels, per_group, num_chunks, first_group, reverse_bits,
             *_strides(u), *_strides(delta), *_strides(z), *_strides(out),
             B.stride(0), B.stride(1), B.stride(3), C.stride(0), C.stride(1), C.stride(3),
-            HAS_D=D is not None, HAS_Z=z is not None, HAS_DELTA_BIAS=delta_bias is not None,
-            DELTA_SOFTPLUS=bool(delta_softplus),
-            WRITE_OUTPUT=write_output, WRITE_CHUNK_STATES=chunk_states is not None,
-            NUM_STATES=num_states, BC_VEC=math.gcd(num_states, 16 // B.element_size()), BLOCK_D=config.block_d,
-            STEPS=config.block_l, FULL_TILE=_full_tile(per_group, num_states, length, config),
-            num_warps=config.num_warps, **_register_cap(config),
+            BC_VEC=math.gcd(num_states, 16 // B.element_size()),
+            **_fwd_step_options(D, z, delta_bias, delta_softplus, out, chunk_states, per_group, num_states, length,
+                                config),
         )
 
 
