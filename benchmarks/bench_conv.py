@@ -1,11 +1,11 @@
-"""GPU benchmark of the fused depthwise conv + SiLU Triton kernels (Vim's mixer conv), forward and backward.
+"""GPU benchmark of the fused causal depthwise conv + SiLU Triton kernels (Vim's mixer conv), forward and backward.
 
     PYTHONPATH=. python benchmarks/bench_conv.py [--sweep] [--budget SECONDS] [--json PATH]
 
 Cases, as ``vmamba.layers.MambaMixer`` calls the op under fp16 autocast: fp16 ``x`` ``(batch, L, E)``, the first
 half of the in_proj output ``xz`` ``(batch, L, 2E)`` (``xz.split(E, -1)[0]``: position stride 2E; ``--x-contiguous``:
-a contiguous x instead), fp32 weight ``(G*E, W)`` and bias ``(G*E,)`` (the model's parameters), ``W = 7`` (d_conv 4,
-both directions packed), ``G = 2`` output groups, fp16 ``grad`` ``(batch, L, G*E)``:
+a contiguous x instead), fp32 weight ``(G*E, K)`` and bias ``(G*E,)`` (the model's parameters), ``K = 4`` (d_conv),
+``G = 2`` output groups (``reverse = (False, True)``: Vim's two directions), fp16 ``grad`` ``(batch, L, G*E)``:
 
 * ``vim_s``: batch 128, L 197, E 768 -> G*E = 1536 outputs;
 * ``vim_t``: batch 128, L 197, E 384 -> G*E = 768 outputs.
@@ -14,32 +14,31 @@ The default configs and the sweep's best are first checked against autograd thro
 (batch 16; relative RMS: ~3e-4 for y and dx, fp16 rounding; ~1e-7 for the fp32 dweight and dbias). Timed with
 ``triton.testing.do_bench`` (median; L2 flushed between calls):
 
-* ``fwd``: ``depthwise_conv_silu_fwd`` (one kernel);
-* ``bwd``: ``depthwise_conv_silu_bwd``: the dpre kernel, the dx kernel and the sums of the partial dweight / dbias
-  rows. The default backward is also broken down per CUDA kernel (``torch.profiler``).
+* ``fwd``: ``causal_conv_silu_fwd`` (one kernel);
+* ``bwd``: ``causal_conv_silu_bwd``: the fused backward kernel and the sums of the partial dweight / dbias rows. The
+  default backward is also broken down per CUDA kernel (``torch.profiler``).
 
 Minimal bytes (every input read once, every output written once; ``s`` = x's element size, 2 for fp16)::
 
     fwd = read x + write y                         = B*L*E*s + B*L*G*E*s
-    bwd = read x + read grad + write dx + dweight  = B*L*E*s + B*L*G*E*s + B*L*E*s + G*E*W*4 (+ G*E*4 dbias)
+    bwd = read x + read grad + write dx + dweight  = B*L*E*s + B*L*G*E*s + B*L*E*s + G*E*K*4 (+ G*E*4 dbias)
 
 (Vim-S: fwd 116 MB, bwd 155 MB.) GB/s = minimal bytes / time; "% copy" is against a device-to-device copy
 bandwidth measured in the same run (``copy_`` of 1 GiB; 2 GiB moved).
 
 ``--sweep`` times candidate launch configs per kernel and reports the best:
 
-* forward: BLOCK_T {16, 32, 64} x BLOCK_C {64, 128, 256} x warps {2, 4, 8};
-* dpre: BLOCK_T {8, 16, 32} x BLOCK_C {32, 64} x warps 1 x batch_per_program {1, 4, 8, 16};
-* dx: as the forward.
+* forward (CHUNK, BLOCK_C, num_warps, STEPS): CHUNK {32, 64, 100} x BLOCK_C {64, 128, 256} x warps {1, 2, 4} x
+  STEPS {4, 8}, at least one channel per thread;
+* backward (CHUNK, BLOCK_C, num_warps, STEPS, batch_per_program): CHUNK {32, 64} x BLOCK_C {64, 128} x warps {1, 2}
+  x STEPS {2, 4} x batch_per_program {1, 2, 4}.
 
-The dpre and dx candidates are timed through the whole backward with the other kernel at its default config (the
-differences between rows are the swept kernel's); the best pair is then timed together. Candidates are first
-compiled in parallel worker processes (``--workers``; Triton's on-disk cache then serves the timing process), and
-the sweep stops when ``--budget`` seconds (compiles included) are spent: each (case, kernel) gets an equal share of
-what is left, the default config is timed first, and the skipped candidates are counted. The sweep compiles 78
-kernels (~2.5 s each for sm_90 on one CPU core: with 8 workers ~25-35 s; a warm Triton cache skips that); the
-precompile gets at most 60% of the budget. Total runtime: ~15-20 s without ``--sweep``, that + the budget with it
-(default 60 s).
+Candidates are first compiled in parallel worker processes (``--workers``; Triton's on-disk cache then serves the
+timing process), and the sweep stops when ``--budget`` seconds (compiles included) are spent: each (case, kernel)
+gets an equal share of what is left, the default config is timed first, and the skipped candidates are counted. The
+sweep compiles ~100 kernels (~2.5 s each for sm_90 on one CPU core: with 8 workers ~30-40 s; a warm Triton cache
+skips that); the precompile gets at most 60% of the budget. Total runtime: ~15-20 s without ``--sweep``, that + the
+budget with it (default 60 s).
 """
 from __future__ import annotations
 
@@ -59,28 +58,28 @@ import torch  # noqa: E402
 import triton  # noqa: E402
 from triton.testing import do_bench  # noqa: E402
 
-from vmamba.kernels.conv import depthwise_conv_silu_ref  # noqa: E402
+from vmamba.kernels.conv import causal_conv_silu_ref  # noqa: E402
 from vmamba.kernels.triton import conv as triton_conv  # noqa: E402
 
 DEVICE = 'cuda'
 
 CASES = {
-    'vim_s': dict(batch=128, length=197, channels=768, groups=2, width=7, dtype=torch.float16),
-    'vim_t': dict(batch=128, length=197, channels=384, groups=2, width=7, dtype=torch.float16),
+    'vim_s': dict(batch=128, length=197, channels=768, reverse=(False, True), width=4, dtype=torch.float16),
+    'vim_t': dict(batch=128, length=197, channels=384, reverse=(False, True), width=4, dtype=torch.float16),
 }
 
 SWEEP = {
-    'fwd': [(t, c, w) for t in (16, 32, 64) for c in (64, 128, 256) for w in (2, 4, 8)],
-    'dpre': [(t, c, 1, b) for t in (8, 16, 32) for c in (32, 64) for b in (1, 4, 8, 16)],
-    'dx': [(t, c, w) for t in (16, 32, 64) for c in (64, 128, 256) for w in (2, 4, 8)],
+    'fwd': [(t, c, w, s) for t in (32, 64, 100) for c in (64, 128, 256) for w in (1, 2, 4) for s in (4, 8)
+            if c >= 32 * w],
+    'bwd': [(t, c, w, s, b) for t in (32, 64) for c in (64, 128) for w in (1, 2) for s in (2, 4) for b in (1, 2, 4)],
 }
 
 
 def default_config(kernel):
-    return {'fwd': triton_conv._FWD_CONFIG, 'dpre': triton_conv._DPRE_CONFIG, 'dx': triton_conv._DX_CONFIG}[kernel]
+    return {'fwd': triton_conv._FWD_CONFIG, 'bwd': triton_conv._BWD_CONFIG}[kernel]
 
 
-def make_inputs(batch, length, channels, groups, width, dtype, x_slice=True, seed=0, device=None):
+def make_inputs(batch, length, channels, reverse, width, dtype, x_slice=True, seed=0, device=None):
     """x (batch, L, E): the first half of a (batch, L, 2E) buffer (``x_slice``) or contiguous; fp32 weight / bias,
     grad in x's dtype."""
     device = device or DEVICE
@@ -89,10 +88,11 @@ def make_inputs(batch, length, channels, groups, width, dtype, x_slice=True, see
         x = torch.randn(batch, length, 2 * channels, device=device, generator=gen).to(dtype)[..., :channels]
     else:
         x = torch.randn(batch, length, channels, device=device, generator=gen).to(dtype)
+    groups = len(reverse)
     weight = torch.randn(groups * channels, width, device=device, generator=gen) / width ** 0.5
     bias = torch.randn(groups * channels, device=device, generator=gen)
     grad = torch.randn(batch, length, groups * channels, device=device, generator=gen).to(dtype)
-    return dict(x=x, weight=weight, bias=bias, grad=grad, groups=groups)
+    return dict(x=x, weight=weight, bias=bias, grad=grad, reverse=reverse)
 
 
 def minimal_bytes(inputs, direction):
@@ -105,31 +105,24 @@ def minimal_bytes(inputs, direction):
     return 2 * x_bytes + grad_bytes + weight.numel() * weight.element_size() + bias.numel() * bias.element_size()
 
 
-def run_fn(inputs, kernel='fwd', config=None, dpre_config=None, dx_config=None):
-    """A no-argument callable running the forward (``kernel='fwd'``, at ``config``) or the backward
-    (``kernel='bwd'``: at ``dpre_config`` / ``dx_config``; ``'dpre'`` / ``'dx'``: ``config`` is that kernel's).
-    None: the module defaults."""
-    x, weight, bias, grad, groups = (inputs[k] for k in ('x', 'weight', 'bias', 'grad', 'groups'))
+def run_fn(inputs, kernel='fwd', config=None):
+    """A no-argument callable running the forward (``kernel='fwd'``) or the backward (``'bwd'``) at ``config``
+    (None: the module default)."""
+    x, weight, bias, grad, reverse = (inputs[k] for k in ('x', 'weight', 'bias', 'grad', 'reverse'))
     if kernel == 'fwd':
-        return lambda: triton_conv.depthwise_conv_silu_fwd(x, weight, bias, groups, config=config)
-    if kernel == 'dpre':
-        dpre_config = config if config is not None else dpre_config
-    elif kernel == 'dx':
-        dx_config = config if config is not None else dx_config
-    return lambda: triton_conv.depthwise_conv_silu_bwd(grad, x, weight, bias, groups,
-                                                       dpre_config=dpre_config, dx_config=dx_config)
+        return lambda: triton_conv.causal_conv_silu_fwd(x, weight, bias, reverse, config=config)
+    return lambda: triton_conv.causal_conv_silu_bwd(grad, x, weight, bias, reverse, config=config)
 
 
-def check(case, fwd_config=None, dpre_config=None, dx_config=None, batch=16):
+def check(case, fwd_config=None, bwd_config=None, batch=16):
     """Relative RMS errors of y, dx, dweight, dbias (batch 16) against autograd through the fp32 PyTorch
     reference."""
     inputs = make_inputs(**dict(case, batch=batch), seed=1)
-    x, weight, bias, grad, groups = (inputs[k] for k in ('x', 'weight', 'bias', 'grad', 'groups'))
-    y = triton_conv.depthwise_conv_silu_fwd(x, weight, bias, groups, config=fwd_config)
-    grads = triton_conv.depthwise_conv_silu_bwd(grad, x, weight, bias, groups, dpre_config=dpre_config,
-                                                dx_config=dx_config)
+    x, weight, bias, grad, reverse = (inputs[k] for k in ('x', 'weight', 'bias', 'grad', 'reverse'))
+    y = triton_conv.causal_conv_silu_fwd(x, weight, bias, reverse, config=fwd_config)
+    grads = triton_conv.causal_conv_silu_bwd(grad, x, weight, bias, reverse, config=bwd_config)
     leaves = [t.detach().float().requires_grad_(True) for t in (x, weight, bias)]
-    y_ref = depthwise_conv_silu_ref(*leaves, groups)
+    y_ref = causal_conv_silu_ref(*leaves, reverse)
     grads_ref = torch.autograd.grad(y_ref, leaves, grad.float())
     return {name: ((a.float() - b).square().mean().sqrt() / b.square().mean().sqrt()).item()
             for name, a, b in zip(('y', 'dx', 'dweight', 'dbias'), (y,) + tuple(grads), (y_ref,) + grads_ref)}
@@ -315,8 +308,8 @@ def main():
                                      fwd_bytes=minimal_bytes(inputs, 'fwd'), bwd_bytes=minimal_bytes(inputs, 'bwd'))
         record(name, 'fwd', 'default', {'fwd': default_config('fwd')}, bench(run_fn(inputs, 'fwd')),
                minimal_bytes(inputs, 'fwd'))
-        record(name, 'bwd', 'default', {'dpre': default_config('dpre'), 'dx': default_config('dx')},
-               bench(run_fn(inputs, 'bwd')), minimal_bytes(inputs, 'bwd'))
+        record(name, 'bwd', 'default', {'bwd': default_config('bwd')}, bench(run_fn(inputs, 'bwd')),
+               minimal_bytes(inputs, 'bwd'))
         if not opts.no_profile:
             try:
                 breakdown = kernel_breakdown(run_fn(inputs, 'bwd'))
@@ -335,7 +328,7 @@ def main():
         report['sweep_best'] = {f'{name}/{kernel}': list(config) for (name, kernel), config in best.items()}
         print('## best configs together', flush=True)
         for name, case in cases.items():
-            errors = check(case, best.get((name, 'fwd')), best.get((name, 'dpre')), best.get((name, 'dx')))
+            errors = check(case, best.get((name, 'fwd')), best.get((name, 'bwd')))
             report.setdefault('checks', {})[f'{name}/sweep best'] = errors
             print(f'  {name} vs fp32 reference (batch 16, relative RMS): '
                   + ' '.join(f'{k} {v:.1e}' for k, v in errors.items()), flush=True)
@@ -343,14 +336,11 @@ def main():
             if (name, 'fwd') in best:
                 record(name, 'fwd', 'sweep best', {'fwd': best[(name, 'fwd')]},
                        bench(run_fn(inputs, 'fwd', best[(name, 'fwd')])), minimal_bytes(inputs, 'fwd'))
-            if (name, 'dpre') in best or (name, 'dx') in best:
-                dpre_config = best.get((name, 'dpre'), default_config('dpre'))
-                dx_config = best.get((name, 'dx'), default_config('dx'))
-                ms = bench(run_fn(inputs, 'bwd', dpre_config=dpre_config, dx_config=dx_config))
-                record(name, 'bwd', 'sweep best', {'dpre': dpre_config, 'dx': dx_config}, ms,
-                       minimal_bytes(inputs, 'bwd'))
+            if (name, 'bwd') in best:
+                record(name, 'bwd', 'sweep best', {'bwd': best[(name, 'bwd')]},
+                       bench(run_fn(inputs, 'bwd', best[(name, 'bwd')])), minimal_bytes(inputs, 'bwd'))
             del inputs
-        lines += ['', 'Best config per kernel (forward timed alone; dpre / dx through the backward):', '']
+        lines += ['', 'Best config per kernel:', '']
         lines += [f'- {name}/{kernel}: {tuple(config)} (default {tuple(default_config(kernel))})'
                   for (name, kernel), config in best.items()]
 

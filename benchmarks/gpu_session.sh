@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # One GPU session on the device machine (H100), run from the repo root; results go to $OUT.
-#   PARTS    : any of "tests check bench scan path profile host ab graph baseline" (default "tests check bench"), in the order given; a failing
+#   PARTS    : any of "tests check bench scan conv path profile host ab graph baseline" (default "tests check bench"), in the order given; a failing
 #              part does not stop the others.
 #   tests    : GPU-marked tests in $TESTS (default: tests/kernels tests/models).
 #   check    : benchmarks/check_models_gpu.py (Triton path vs reference path) on $CHECK_MODELS (default: its list).
 #   bench    : tools/benchmark.py on $MODELS next to $PEERS, batch 128, 224x224, AMP fp16, 50 warm-up + 30 timed.
 #   scan     : benchmarks/bench_scan.py $SCAN_ARGS (default --quick: no reference check) -> $OUT/scan.md / scan.json.
+#   conv     : benchmarks/bench_conv.py $CONV_ARGS (e.g. "--sweep --budget 90") -> $OUT/conv.json, and, if
+#              $BASELINE_TREE has one, the baseline tree's bench_conv.py (defaults only) -> $OUT/conv_old.json.
 #   path     : benchmarks/scan_path_gpu.py: step vs chunked kernels for N > 1 at EfficientVMamba / Vim shapes.
 #   profile  : benchmarks/step_anatomy_gpu.py for $PROFILE_MODELS: wall / kernel / enqueue time and the top CUDA
 #              kernels of an AMP inference and train step (PROFILE_ARGS="--modes infer": inference only).
@@ -42,6 +44,12 @@ for part in $PARTS; do
              --out "$OUT/models" 2>&1 | grep -v Warning | tail -30 ;;
     scan) OUT="$OUT" timeout 300 python benchmarks/bench_scan.py ${SCAN_ARGS:---quick} 2>&1 | tee "$OUT/scan_log.txt" \
             | grep -v "^  .*/fwd " | tail -40 ;;
+    conv) timeout 300 python benchmarks/bench_conv.py ${CONV_ARGS:-} --json "$OUT/conv.json" 2>&1 | grep -v Warning \
+            | tee "$OUT/conv_log.txt" | grep -v "^  vim_./" | tail -40
+          if [ -n "${BASELINE_TREE:-}" ] && [ -f "$BASELINE_TREE/benchmarks/bench_conv.py" ]; then
+            (cd "$BASELINE_TREE" && PYTHONPATH="$ROOT/.gpu_deps:$PWD" timeout 120 python benchmarks/bench_conv.py \
+               --no-profile --json "$OUT/conv_old.json" 2>&1 | grep -v Warning | tail -8 | sed 's/^/old /')
+          fi ;;
     path) timeout 200 python benchmarks/scan_path_gpu.py 2>&1 | grep -v Warning | tee "$OUT/scan_path.md" ;;
     profile) timeout 300 python benchmarks/step_anatomy_gpu.py ${PROFILE_MODELS//,/ } --kernels 20 ${PROFILE_ARGS:-} 2>&1 \
                | grep -v Warning ;;

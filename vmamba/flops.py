@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, register_flop_formula
 
-import vmamba.kernels  # noqa: F401  (defines torch.ops.vmamba.selective_scan, depthwise_conv_silu, layer_norm_last_dim)
+import vmamba.kernels  # noqa: F401  (defines torch.ops.vmamba.selective_scan, causal_conv_silu, layer_norm_last_dim)
 
 __all__ = ['selective_scan_flops', 'FlopCount', 'count_flops', 'count_params', 'CONVENTIONS']
 
@@ -68,14 +68,14 @@ register_flop_formula(torch.ops.vmamba.selective_scan_backward)(_scan_backward_f
 
 
 def _conv_silu_formula(x_shape, weight_shape, *args, out_shape=None, **kwargs) -> int:
-    """vmamba::depthwise_conv_silu: a depthwise conv1d of width W per output channel, 2 FLOPs per multiply-add
+    """vmamba::causal_conv_silu: a depthwise conv1d of K taps per output channel, 2 FLOPs per multiply-add
     (torch's convolution formula)."""
     batch, length, _ = x_shape
     out_channels, width = weight_shape
     return 2 * batch * length * out_channels * width
 
 
-register_flop_formula(torch.ops.vmamba.depthwise_conv_silu)(_conv_silu_formula)
+register_flop_formula(torch.ops.vmamba.causal_conv_silu)(_conv_silu_formula)
 
 
 # ----------------------------------------------------------------------------------------------------------------

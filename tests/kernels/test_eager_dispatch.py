@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from vmamba.kernels import conv, gated_sum, interface, layer_norm, routes
-from vmamba.kernels import depthwise_conv_silu, gather_routes, gated_group_sum, merge_routes, selective_scan
+from vmamba.kernels import causal_conv_silu, gather_routes, gated_group_sum, merge_routes, selective_scan
 from vmamba.kernels.layer_norm import (
     add_layer_norm_last_dim, add_rms_norm_last_dim, layer_norm_channels_first, layer_norm_last_dim, rms_norm_last_dim)
 from vmamba.scans import get_scan_pattern
@@ -37,8 +37,8 @@ def _cases():
          {'residual': rnd(5, 8), 'branch': rnd(5, 8), 'w': rnd(8)}),
         ('gated_group_sum', gated_sum._EagerGatedGroupSum, ('y', 'z'),
          lambda t: gated_group_sum(t['y'], t['z'], 0.5), {'y': rnd(2, 5, 12), 'z': rnd(2, 5, 6)}),
-        ('depthwise_conv_silu', conv._EagerConvSilu, ('x', 'w'),
-         lambda t: depthwise_conv_silu(t['x'], t['w'], None, 2), {'x': rnd(2, 7, 4), 'w': rnd(8, 3)}),
+        ('causal_conv_silu', conv._EagerConvSilu, ('x', 'w'),
+         lambda t: causal_conv_silu(t['x'], t['w'], None, (False, True)), {'x': rnd(2, 7, 4), 'w': rnd(8, 4)}),
         ('gather_routes', routes._EagerGatherRoutes, ('tokens',),
          lambda t: gather_routes(t['tokens'], route.index, route.inverse), {'tokens': rnd(2, 12, 5)}),
         ('merge_routes', routes._EagerMergeRoutes, ('routes',),

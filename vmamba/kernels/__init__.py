@@ -5,7 +5,7 @@
 - :func:`gather_routes` / :func:`merge_routes` (``routes.py``): token-major maps <-> scan routes (the layout change
   around the scan of channels-last blocks), adjoint custom ops; :func:`merge_routes_layer_norm`: the merge followed
   by SS2D's out_norm.
-- :func:`depthwise_conv_silu` (``conv.py``): Vim's packed two-direction depthwise conv + SiLU on token-major
+- :func:`causal_conv_silu` (``conv.py``): Vim's packed two-direction depthwise conv + SiLU on token-major
   sequences.
 - :func:`gated_group_sum` (``gated_sum.py``): Vim's mixer epilogue, sum of the G direction outputs gated by SiLU(z).
 - :func:`layer_norm_last_dim` / :func:`layer_norm_channels_first` (``layer_norm.py``): LayerNorm of channels-last
@@ -16,7 +16,7 @@
 - ``layout.py``: the memory orders (channel-major / token-major) of the scan's tensors.
 - ``triton/``: Triton kernels used for CUDA tensors; each op's PyTorch reference sits in its module above.
 """
-from .conv import depthwise_conv_silu
+from .conv import causal_conv_silu
 from .gated_sum import gated_group_sum
 from .gelu import gelu_recompute_backward
 from .interface import scan_backend, selective_scan
@@ -26,5 +26,5 @@ from .routes import gather_routes, merge_routes, merge_routes_layer_norm
 
 __all__ = ['selective_scan', 'selective_scan_ref', 'scan_backend', 'gather_routes', 'merge_routes',
            'merge_routes_layer_norm',
-           'depthwise_conv_silu', 'gated_group_sum', 'gelu_recompute_backward', 'layer_norm_last_dim',
+           'causal_conv_silu', 'gated_group_sum', 'gelu_recompute_backward', 'layer_norm_last_dim',
            'layer_norm_channels_first', 'rms_norm_last_dim', 'add_rms_norm_last_dim']

@@ -10,12 +10,11 @@ One module covers the three scan modes these models use:
 * ``'local_bidirectional'``: LBMamba. The forward scan plus, inside windows of ``W`` tokens, a backward scan with the
   *same* parameters (the kernel's ``local_window``). Same parameters and keys as ``'forward'``.
 
-Both Vim directions run in one kernel launch: the branches are stacked as two channel groups and the kernel gets
+Both Vim directions run in one kernel launch: the branches are stacked as two channel groups and the kernels get
 ``reverse=(False, True)``. The backward branch's causal conv on the flipped sequence is an anti-causal conv on the
-original one, so no flipped copies of the activations are made: the two depthwise kernels are packed into one
-conv of width ``2 * d_conv - 1`` (the forward kernel on the left half, the flipped backward kernel on the right),
-and their x_proj / dt_proj into block-diagonal weights. The whole mixer works on token-major (batch, L, features)
-tensors, the layout of the projections; the scan reads them through strides.
+original one, so no flipped copies of the activations are made: ``causal_conv_silu`` runs both branches' kernels
+(as in the checkpoint) from one read of x, and x_proj / dt_proj become block-diagonal weights. The whole mixer works
+on token-major (batch, L, features) tensors, the layout of the projections; the scan reads them through strides.
 """
 from __future__ import annotations
 
@@ -28,7 +27,7 @@ from timm.layers import register_notrace_module
 from torch import nn
 
 from vmamba.kernels import selective_scan
-from vmamba.kernels.conv import depthwise_conv_silu
+from vmamba.kernels.conv import causal_conv_silu
 from vmamba.kernels.gated_sum import gated_group_sum
 
 from .packing import PackedParameterCache, autocast_dtype
@@ -54,7 +53,7 @@ def default_local_window(seq_len: int) -> int:
 
 class _PackedParameters(NamedTuple):
     """The mixer's parameters in the fused kernels' layout (G branches, E inner channels, R dt rank, N states)."""
-    conv_weight: torch.Tensor  # (G * E, 2K - 1) "same"-padded depthwise kernels
+    conv_weight: torch.Tensor  # (G * E, K) depthwise kernels, group g = branch g
     conv_bias: Optional[torch.Tensor]  # (G * E,)
     x_proj: torch.Tensor  # (G * (R + 2N), G * E) block-diagonal
     dt_proj: torch.Tensor  # (G * E, G * R) block-diagonal
@@ -195,17 +194,10 @@ class MambaMixer(nn.Module):
             self.dt_proj_b.bias.zero_()
 
     def _packed_conv(self, branches) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """Depthwise kernels of all branches as one (G * E, 2K-1) "same"-padded kernel, and the (G * E,) biases.
-
-        Causal (forward) branch ``w``: taps x[t-K+1 .. t] -> kernel ``[w, 0 * (K-1)]``. Reverse branch on the original
-        order (anti-causal, taps x[t .. t+K-1] with ``w`` reversed) -> kernel ``[0 * (K-1), flip(w)]``.
-        """
-        k = self.d_conv
-        weights, biases = [], []
-        for conv, _, _, _, _, reverse in branches:
-            w = conv.weight.squeeze(1)
-            weights.append(F.pad(w.flip(-1), (k - 1, 0)) if reverse else F.pad(w, (0, k - 1)))
-            biases.append(conv.bias)
+        """Depthwise kernels of all branches as one (G * E, K) weight and the (G * E,) biases; a reverse branch's
+        conv runs over the reversed sequence (``causal_conv_silu``'s ``reverse``), so its kernel is used as is."""
+        weights = [conv.weight.squeeze(1) for conv, *_ in branches]
+        biases = [conv.bias for conv, *_ in branches]
         weight = weights[0] if len(weights) == 1 else torch.cat(weights, 0)
         if biases[0] is None:
             return weight, None
@@ -273,7 +265,8 @@ class MambaMixer(nn.Module):
         # training step)
         x, z = xz.split(inner, dim=-1)
         # (batch, L, G*E): group g feeds branch g
-        x = depthwise_conv_silu(x, packed.conv_weight, packed.conv_bias, groups)
+        reverse = tuple(bool(branch[-1]) for branch in self._branch_modules())
+        x = causal_conv_silu(x, packed.conv_weight, packed.conv_bias, reverse)
 
         x_dbl = F.linear(x, packed.x_proj)  # (batch, L, G*R + G*2N)
         dt_low_rank, bc = x_dbl.split([groups * rank, groups * 2 * state], dim=-1)
@@ -289,7 +282,7 @@ class MambaMixer(nn.Module):
             x.transpose(1, 2), delta.transpose(1, 2), packed.A, B, C, D=packed.D,
             z=z.transpose(1, 2) if groups == 1 else None,
             delta_bias=packed.delta_bias, delta_softplus=True,
-            reverse=(False, True) if groups == 2 else self.reverse, local_window=local_window,
+            reverse=reverse, local_window=local_window,
         ).transpose(1, 2)  # (batch, L, G*E), token-major like x
         if groups > 1:
             # Both branches are gated by SiLU(z) at the same position, so the gate is applied once to their sum:
