@@ -237,7 +237,7 @@ def test_bidirectional_mixer_matches_official_math(seq_len, d_conv):
 
 
 def test_bidirectional_mixer_gradients_match_official_math():
-    """fp64 autograd through our mixer (packed conv custom op, block-diagonal projections, token-major scan) against
+    """fp64 autograd through our mixer (conv custom op, block-diagonal projections, token-major scan) against
     autograd through the direct transcription of the official math."""
     torch.manual_seed(1)
     mixer = MambaMixer(12, d_state=3, d_conv=4, scan='bidirectional').double()

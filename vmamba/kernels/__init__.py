@@ -5,8 +5,8 @@
 - :func:`gather_routes` / :func:`merge_routes` (``routes.py``): token-major maps <-> scan routes (the layout change
   around the scan of channels-last blocks), adjoint custom ops; :func:`merge_routes_layer_norm`: the merge followed
   by SS2D's out_norm.
-- :func:`causal_conv_silu` (``conv.py``): Vim's packed two-direction depthwise conv + SiLU on token-major
-  sequences.
+- :func:`causal_conv_silu` (``conv.py``): Vim's depthwise conv + SiLU on token-major sequences, each output group
+  forwards or over the reversed sequence.
 - :func:`gated_group_sum` (``gated_sum.py``): Vim's mixer epilogue, sum of the G direction outputs gated by SiLU(z).
 - :func:`layer_norm_last_dim` / :func:`layer_norm_channels_first` (``layer_norm.py``): LayerNorm of channels-last
   maps and of NCHW maps read in place, many rows per program; :func:`rms_norm_last_dim` and
