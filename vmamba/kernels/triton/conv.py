@@ -70,6 +70,15 @@ def _rows(ptr, first, length, stride_t, mask_c, STEPS: tl.constexpr):
 
 
 @triton.jit
+def _x_history(x_base, start, length, stride_xt, mask_c, WIDTH: tl.constexpr):
+    """The window's history before position ``start``: fp32 rows of ``start - K + 1 .. start - 1`` (K-1 entries)."""
+    out = ()
+    for k in tl.static_range(WIDTH - 1):
+        out = out + (_row(x_base, start - (WIDTH - 1) + k, length, stride_xt, mask_c).to(tl.float32),)
+    return out
+
+
+@triton.jit
 def _dy_rows(dy_base, first, length, out_channels, channels, mask_c, GROUPS: tl.constexpr,
              REVERSE_BITS: tl.constexpr, WIDTH: tl.constexpr, STEPS: tl.constexpr):
     """dy rows of each group for loop positions ``first .. first + STEPS - 1``: entry ``j * GROUPS + g`` is group g's
@@ -77,10 +86,7 @@ def _dy_rows(dy_base, first, length, out_channels, channels, mask_c, GROUPS: tl.
     out = ()
     for j in tl.static_range(STEPS):
         for g in tl.static_range(GROUPS):
-            if (REVERSE_BITS >> g) & 1:
-                pos = first + j - (WIDTH - 1)
-            else:
-                pos = first + j
+            pos = first + j - (WIDTH - 1) * ((REVERSE_BITS >> g) & 1)
             out = out + (_row(dy_base + g * channels, pos, length, out_channels, mask_c),)
     return out
 
@@ -102,8 +108,8 @@ def _sigmoid(pre):
 
 
 @triton.jit
-def _shift_in(full, WIDTH: tl.constexpr):
-    """The K-1 newest entries of a K-entry window: the next step's history."""
+def _newest(full, WIDTH: tl.constexpr):
+    """The K-1 newest entries of a K-entry window: the next position's history."""
     out = ()
     for k in tl.static_range(1, WIDTH):
         out = out + (full[k],)
@@ -135,9 +141,7 @@ def _causal_conv_silu_fwd_kernel(
     TAIL: tl.constexpr = WIDTH - 1 if REVERSE_BITS != 0 else 0
     NUM_BLOCKS: tl.constexpr = (CHUNK + TAIL + STEPS - 1) // STEPS
 
-    window = ()  # x[p-K+1 .. p-1], fp32
-    for k in tl.static_range(WIDTH - 1):
-        window = window + (_row(x_base, start - (WIDTH - 1) + k, length, stride_xt, mask_c).to(tl.float32),)
+    window = _x_history(x_base, start, length, stride_xt, mask_c, WIDTH)  # x[p-K+1 .. p-1], fp32
     block = _rows(x_base, start, length, stride_xt, mask_c, STEPS)
     for blk in range(NUM_BLOCKS):
         xs = block
@@ -151,14 +155,10 @@ def _causal_conv_silu_fwd_kernel(
                 if HAS_BIAS:
                     pre += biases[g]
                 y = (pre * _sigmoid(pre)).to(y_ptr.dtype.element_ty)
-                if REVERSE:
-                    pos = p - (WIDTH - 1)
-                    ok = (pos >= start) & (pos < end)
-                else:
-                    pos = p
-                    ok = pos < end
-                tl.store(y_base + pos.to(tl.int64) * out_channels + g * channels, y, mask=mask_c & ok)
-            window = _shift_in(full, WIDTH)
+                pos = p - (WIDTH - 1) * REVERSE  # the position this group emits
+                tl.store(y_base + pos.to(tl.int64) * out_channels + g * channels, y,
+                         mask=mask_c & (pos >= start) & (pos < end))
+            window = _newest(full, WIDTH)
 
 
 @triton.jit
@@ -198,9 +198,7 @@ def _causal_conv_silu_bwd_kernel(
         dy_base = dy_ptr + b * length * out_channels + offs_c
         dx_base = dx_ptr + b * length * channels + offs_c
 
-        window = ()  # x[p-K+1 .. p-1]
-        for k in tl.static_range(WIDTH - 1):
-            window = window + (_row(x_base, start - (WIDTH - 1) + k, length, stride_xt, mask_c).to(tl.float32),)
+        window = _x_history(x_base, start, length, stride_xt, mask_c, WIDTH)  # x[p-K+1 .. p-1]
         # Per group the K-1 newest dpre: forward groups dpre[p-K+1 .. p-1], reverse groups dpre[p-2K+2 .. p-K]
         # (entry g*(K-1) + k). Before the walk they are 0: the first K-1 positions emit no dx.
         dwin = ()
@@ -232,11 +230,8 @@ def _causal_conv_silu_bwd_kernel(
                     # dy is 0 outside [0, L) and past the channels: so is dpre.
                     dpre = dys[j * GROUPS + g].to(tl.float32) * sig * (1.0 + pre * (1.0 - sig))
                     # The partial sums take this chunk's positions only (the halo belongs to the neighbours).
-                    if REVERSE:
-                        pos = p - (WIDTH - 1)
-                        mine = tl.where((pos >= start) & (pos < end), dpre, 0.0)
-                    else:
-                        mine = tl.where(p < end, dpre, 0.0)
+                    pos = p - (WIDTH - 1) * REVERSE
+                    mine = tl.where((pos >= start) & (pos < end), dpre, 0.0)
                     for k in tl.static_range(WIDTH):
                         new_dw = new_dw + (dw[g * WIDTH + k] + mine * (full[WIDTH - 1 - k] if REVERSE else full[k]),)
                     new_db = new_db + (db[g] + mine,)
@@ -247,14 +242,14 @@ def _causal_conv_silu_bwd_kernel(
                         dfull = dfull + (dwin[g * (WIDTH - 1) + k],)
                     dfull = dfull + (dpre,)
                     dx += _window_dot(weights, dfull, g, 1 - REVERSE, WIDTH)
-                    new_dwin = new_dwin + _shift_in(dfull, WIDTH)
+                    new_dwin = new_dwin + _newest(dfull, WIDTH)
                 dw = new_dw
                 db = new_db
                 dwin = new_dwin
                 r = p - (WIDTH - 1)
                 tl.store(dx_base + r.to(tl.int64) * channels, dx.to(dx_ptr.dtype.element_ty),
                          mask=mask_c & (r >= start) & (r < end))
-                window = _shift_in(full, WIDTH)
+                window = _newest(full, WIDTH)
 
     row = pid_b.to(tl.int64) * tl.num_programs(1) + pid_t
     for g in tl.static_range(GROUPS):
