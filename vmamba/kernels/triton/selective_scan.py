@@ -227,6 +227,20 @@ def _selective_scan_fwd_kernel(
 
 
 @triton.jit
+def _step_program(group_offset, reverse_bits, channels_per_group, BLOCK_D: tl.constexpr):
+    """This program's place in a step kernel's grid (channel block, group, batch entry): (group, reverse (1: the group
+    scans from the end), batch, offs_d and mask_d (BLOCK_D,) channels within the group, chan (BLOCK_D,) int64
+    channels)."""
+    group = tl.program_id(1).to(tl.int64) + group_offset
+    reverse = (reverse_bits >> tl.program_id(1)) & 1
+    batch = tl.program_id(2).to(tl.int64)
+    offs_d = tl.program_id(0) * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask_d = offs_d < channels_per_group
+    chan = group * channels_per_group + offs_d.to(tl.int64)
+    return group, reverse, batch, offs_d, mask_d, chan
+
+
+@triton.jit
 def _step_position(i, length, reverse):
     """Sequence index of scan step ``i`` of a group that scans forward (``reverse`` 0) or from the end (1)."""
     return i + reverse * (length - 1 - 2 * i)
@@ -299,13 +313,8 @@ def _selective_scan_fwd_step_kernel(
     Also the backward's pre-pass (WRITE_OUTPUT False, WRITE_CHUNK_STATES True): stores the state before each block of
     STEPS scanned positions to ``chunk_states`` (batch, num_chunks, channels, N): contiguous along states like A
     and the state tile, so that the backward keeps one register layout."""
-    pid_d = tl.program_id(0)
-    group = tl.program_id(1).to(tl.int64) + group_offset
-    reverse = (reverse_bits >> tl.program_id(1)) & 1  # this group scans from the end
-    batch = tl.program_id(2).to(tl.int64)
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    mask_d = offs_d < channels_per_group
-    chan = group * channels_per_group + offs_d.to(tl.int64)
+    group, reverse, batch, offs_d, mask_d, chan = _step_program(group_offset, reverse_bits, channels_per_group,
+                                                                BLOCK_D)
     offs_n = tl.arange(0, BLOCK_N)
     mask_n = offs_n < NUM_STATES
     mask_nd = mask_n[:, None] & mask_d[None, :]
@@ -452,13 +461,8 @@ def _selective_scan_fwd_lanes_kernel(
     loaded while the current one runs, per-group direction bits, strided sequence tensors) and the same pre-pass
     mode (WRITE_OUTPUT False, WRITE_CHUNK_STATES True: the state before each block to (batch, num_chunks, channels,
     N))."""
-    pid_d = tl.program_id(0)
-    group = tl.program_id(1).to(tl.int64) + group_offset
-    reverse = (reverse_bits >> tl.program_id(1)) & 1  # this group scans from the end
-    batch = tl.program_id(2).to(tl.int64)
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    mask_d = offs_d < channels_per_group
-    chan = group * channels_per_group + offs_d.to(tl.int64)
+    group, reverse, batch, offs_d, mask_d, chan = _step_program(group_offset, reverse_bits, channels_per_group,
+                                                                BLOCK_D)
 
     A2 = ()  # A * log2(e), one (BLOCK_D,) vector per state
     h = ()
@@ -758,13 +762,8 @@ def _selective_scan_bwd_step_kernel(
     addressed through their strides, and each group's direction is a bit of ``reverse_bits``, as in the step
     forward; as there, the loads of the next block to visit (its start state and its recompute inputs) are issued
     before the current block runs."""
-    pid_d = tl.program_id(0)
-    group = tl.program_id(1).to(tl.int64) + group_offset
-    reverse = (reverse_bits >> tl.program_id(1)) & 1  # this group scans from the end
-    batch = tl.program_id(2).to(tl.int64)
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    mask_d = offs_d < channels_per_group
-    chan = group * channels_per_group + offs_d.to(tl.int64)
+    group, reverse, batch, offs_d, mask_d, chan = _step_program(group_offset, reverse_bits, channels_per_group,
+                                                                BLOCK_D)
     offs_n = tl.arange(0, BLOCK_N)
     mask_n = offs_n < NUM_STATES
     mask_nd = mask_n[:, None] & mask_d[None, :]
