@@ -6,7 +6,9 @@
    fp32 and bf16, printed as relative-RMS errors.
 2. Device-to-device copy bandwidth (``torch.Tensor.copy_`` of 1 GiB), the yardstick for "% of copy".
 3. ``--sweep``: time a set of tile configurations per case and direction and report the best.
-4. ``triton.testing.do_bench`` (median, L2 flushed) of forward and forward+backward for
+4. ``triton.testing.do_bench`` (median, L2 flushed) of forward, backward (with its pre-pass) and forward+backward,
+   and for N = 1 the training path ("train": the forward keeps the backward's chunk states, the backward skips its
+   pre-pass, as in a model's training step), for
    (a) VMamba-T stage-1 SS2D: batch 32, 4 groups x 96 channels, L=3136, N=1, bf16 in / fp32 out, softplus, D, bias,
        reverse=(F, F, T, T) as the cross scan passes it (official VMamba CUDA forward on H100: 0.284 ms);
    (b) Vim-S: batch 128, 768 channels, L=197, N=16, G=1, z gating, bf16 in/out, softplus, D, bias
@@ -69,6 +71,8 @@ CASES = {
     'vmamba_t_stage1': dict(batch=32, channels=384, length=3136, num_states=1, groups=4, z=False,
                             dtype=torch.bfloat16, out_dtype=torch.float32, reverse=(False, False, True, True)),
     'vmamba_t_stage3': dict(batch=128, channels=1536, length=196, num_states=1, groups=4, z=False,
+                            dtype=torch.bfloat16, out_dtype=torch.float32, reverse=(False, False, True, True)),
+    'vmamba_t_stage2': dict(batch=128, channels=768, length=784, num_states=1, groups=4, z=False,
                             dtype=torch.bfloat16, out_dtype=torch.float32, reverse=(False, False, True, True)),
     # the stage-3 call with its rows padded to a 16-multiple (208): what alignment alone is worth
     'vmamba_t_stage3_l208': dict(batch=128, channels=1536, length=208, num_states=1, groups=4, z=False,
@@ -225,12 +229,18 @@ def bench_case(name, case, fwd_config=None, bwd_config=None, with_backward=True)
         fwd()
         return bwd()
 
+    def train():  # what a training step runs: the forward keeps the backward's chunk states, no pre-pass
+        out, _, states = selective_scan_fwd(*args, True, rev, 0, out_dtype, save_chunk_states=True)
+        return selective_scan_bwd(grad_out, None, *args, True, rev, 0, chunk_states=states)
+
     result = dict(fwd_ms=do_bench(fwd, warmup=25, rep=200, return_mode='median'),
                   fwd_bytes=minimal_bytes(inputs, out_dtype, False))
     if with_backward:
         result['bwd_ms'] = do_bench(bwd, warmup=25, rep=200, return_mode='median')
         result['fwd_bwd_ms'] = do_bench(fwd_bwd, warmup=25, rep=200, return_mode='median')
         result['fwd_bwd_bytes'] = minimal_bytes(inputs, out_dtype, True)
+        if fwd_config is None and bwd_config is None and case['num_states'] == 1:
+            result['train_ms'] = do_bench(train, warmup=25, rep=200, return_mode='median')
     return result
 
 
@@ -393,6 +403,8 @@ def main():
     parser.add_argument('--sweep-only', action='store_true', help='stop after the tile sweep')
     parser.add_argument('--sweep-kinds', nargs='*', default=('fwd', 'bwd'), help='sweep only these directions')
     parser.add_argument('--routes-only', action='store_true', help='only the route gather / merge kernels')
+    parser.add_argument('--cases', nargs='*', default=None, help='benchmark only these cases (default: all)')
+    parser.add_argument('--no-routes', action='store_true', help='skip the route gather / merge kernels')
     parser.add_argument('--routes-sweep', type=float, default=0, help='seconds for a sweep of the merge kernels')
     opts = parser.parse_args()
     if not torch.cuda.is_available():
@@ -433,9 +445,11 @@ def main():
     print('## benchmark', flush=True)
     rows = []
     for name, case in [] if opts.routes_only else list(CASES.items()) + list(EXTRA_ROWS.items()):
+        if opts.cases and name not in opts.cases:
+            continue
         variants = [('default', None, None)]
         base = (name if (name, 'fwd') in SWEEP or (name, 'bwd') in SWEEP
-                else next(b for b in ('vmamba_t_stage1', 'vim_s') if name.startswith(b)))
+                else next((b for b in ('vmamba_t_stage1', 'vim_s') if name.startswith(b)), name))
         if (base, 'fwd') in best or (base, 'bwd') in best:
             variants.append(('sweep-best', best.get((base, 'fwd')), best.get((base, 'bwd'))))
         for label, fwd_cfg, bwd_cfg in variants:
@@ -447,18 +461,22 @@ def main():
             rows.append((f'{name} ({label})', res['fwd_ms'], fwd_gbs, 100 * fwd_gbs / copy_gbs,
                          OFFICIAL_FWD_MS.get(name, float('nan')) / res['fwd_ms'], res['bwd_ms'], res['fwd_bwd_ms'],
                          fb_gbs,
-                         100 * fb_gbs / copy_gbs, res['fwd_bytes'] / 1e6, res['fwd_bwd_bytes'] / 1e6))
+                         100 * fb_gbs / copy_gbs, res['fwd_bytes'] / 1e6, res['fwd_bwd_bytes'] / 1e6,
+                         res.get('train_ms', float('nan'))))
 
     header = ('| case | fwd ms | fwd GB/s | fwd % copy | official fwd / ours | bwd ms | fwd+bwd ms | fwd+bwd GB/s '
-              '| fwd+bwd % copy | fwd MB | fwd+bwd MB |')
-    lines = [f'Device: {env}; copy bandwidth {copy_gbs:.0f} GB/s', '', header, '|' + '---|' * 11]
+              '| fwd+bwd % copy | fwd MB | fwd+bwd MB | train fwd+bwd ms | train % copy |')
+    lines = [f'Device: {env}; copy bandwidth {copy_gbs:.0f} GB/s', '', header, '|' + '---|' * 13]
     for r in rows:
         official = f'{r[4]:.2f}x' if r[4] == r[4] else 'n/a'  # NaN: no official number for this case
+        train = (f'{r[11]:.4f} | {100 * r[10] * 1e6 / (r[11] * 1e-3) / 1e9 / copy_gbs:.0f}%' if r[11] == r[11]
+                 else 'n/a | n/a')
         lines.append(f'| {r[0]} | {r[1]:.4f} | {r[2]:.0f} | {r[3]:.0f}% | {official} | {r[5]:.4f} | {r[6]:.4f} | '
-                     f'{r[7]:.0f} | {r[8]:.0f}% | {r[9]:.1f} | {r[10]:.1f} |')
+                     f'{r[7]:.0f} | {r[8]:.0f}% | {r[9]:.1f} | {r[10]:.1f} | {train} |')
     table = '\n'.join(lines)
-    report['routes'], routes_table = bench_routes(copy_gbs)
-    table += '\n\n' + routes_table
+    if not opts.no_routes:
+        report['routes'], routes_table = bench_routes(copy_gbs)
+        table += '\n\n' + routes_table
     if opts.routes_sweep:
         table += '\n\nMerge kernel configurations ((TILE_H, TILE_W), channels per tile, warps -> median ms)\n\n'
         table += sweep_routes(opts.routes_sweep)

@@ -196,14 +196,40 @@ def test_step_kernels_empty_sequence(clamp_loads, lane_states):
             assert grad.shape == value.shape and not grad.any(), name
 
 
-def test_step_kernels_split_directions_over_launches(monkeypatch):
-    """The step kernels take each group's direction as a bit of one launch argument; more groups than a launch
-    holds go to further launches (here 3 per launch, 7 groups with mixed directions: bits 0b101, 0b010, 0b1)."""
+@pytest.mark.parametrize('num_states, config', [
+    (4, ScanConfig(block_d=2, block_l=4, num_warps=1)),  # step kernels
+    (1, ScanConfig(block_d=2, block_l=4, num_warps=1)),  # chunked kernels, 3 chunks
+], ids=['step', 'chunked'])
+def test_split_directions_over_launches(monkeypatch, num_states, config):
+    """The scan kernels take each group's direction as a bit of one launch argument; more groups than a launch
+    holds go to further launches (here 3 per launch, 7 groups with mixed directions: bits 0b101, 0b010, 0b1; the
+    last launch holds one direction only)."""
     from vmamba.kernels.triton import selective_scan as scan
     monkeypatch.setattr(scan, '_MAX_GROUPS_PER_LAUNCH', 3)
     reverse = (True, False, True, False, True, False, True)
     assert scan._direction_bits(reverse) == [(0, 3, 0b101), (3, 3, 0b010), (6, 1, 0b1)]
-    run_case(1, 14, 9, 4, 7, reverse=reverse, config=ScanConfig(block_d=2, block_l=4, num_warps=1))
+    run_case(1, 14, 9, num_states, 7, reverse=reverse, config=config)
+
+
+@pytest.mark.parametrize('length, launches_per_call', [(32, 1), (20, 2)], ids=['L32-aligned', 'L20-unaligned'])
+def test_chunked_kernels_launches_per_direction(monkeypatch, length, launches_per_call):
+    """The cross scan's (F, F, T, T): one launch of each chunked kernel for rows of 16-aligned length (both
+    directions in one grid), one per direction otherwise."""
+    from vmamba.kernels.triton import selective_scan as scan
+    launches = {}
+    for name in ('_selective_scan_fwd_kernel', '_selective_scan_bwd_kernel'):
+        kernel = getattr(scan, name)
+
+        class Recorder:
+            def __getitem__(self, grid, _kernel=kernel, _name=name):
+                launches.setdefault(_name, []).append(grid)
+                return _kernel[grid]
+        monkeypatch.setattr(scan, name, Recorder())
+    run_case(2, 8, length, 1, 4, reverse=(False, False, True, True),
+             config=ScanConfig(block_d=2, block_l=8, num_warps=1))
+    grid = [(1, 4, 2)] if launches_per_call == 1 else [(1, 2, 2), (1, 2, 2)]
+    # forward, the backward's pre-pass (a forward launch), backward
+    assert launches == {'_selective_scan_fwd_kernel': grid * 2, '_selective_scan_bwd_kernel': grid}
 
 
 @pytest.mark.parametrize('num_states, states_per_load, z, D, delta_bias, delta_softplus', [
