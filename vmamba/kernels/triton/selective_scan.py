@@ -236,16 +236,9 @@ def _selective_scan_fwd_kernel(
         BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr, CHUNK: tl.constexpr,
         ALIGN: tl.constexpr,
 ):
-    """Chunked forward: see :func:`_fwd_chunked_program` (one direction, REVERSE).
-
-    Both directions run in one launch: group program_id(1) scans from the end when its bit of ``reverse_bits``
-    is set (HAS_FORWARD / HAS_REVERSE: which directions the launch holds, so that a one-direction launch
-    compiles one program)."""
-    if HAS_FORWARD and HAS_REVERSE:
-        run_reverse = ((reverse_bits >> tl.program_id(1)) & 1) != 0
-    else:
-        run_reverse = HAS_REVERSE  # one direction: a compile-time branch
-    if run_reverse:
+    """Chunked forward, both directions in one launch: :func:`_runs_reverse` picks each program's
+    :func:`_fwd_chunked_program`."""
+    if _runs_reverse(reverse_bits, HAS_FORWARD, HAS_REVERSE):
         _fwd_chunked_program(
             u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, delta_bias_ptr, out_ptr, last_state_ptr,
             chunk_states_ptr, length, channels, channels_per_group, num_groups, num_states, num_chunks, group_offset,
@@ -260,12 +253,29 @@ def _selective_scan_fwd_kernel(
 
 
 @triton.jit
+def _direction_bit(reverse_bits):
+    """1 when this program's group (program_id(1) of the launch) scans from the end: its bit of ``reverse_bits``."""
+    return (reverse_bits >> tl.program_id(1)) & 1
+
+
+@triton.jit
+def _runs_reverse(reverse_bits, HAS_FORWARD: tl.constexpr, HAS_REVERSE: tl.constexpr):
+    """Whether this program runs the reversed program of a chunked kernel: its direction bit (run time) when the
+    launch holds both directions, else the launch's one direction (compile time, so that only that program
+    compiles)."""
+    if HAS_FORWARD and HAS_REVERSE:
+        return _direction_bit(reverse_bits) != 0
+    else:
+        return HAS_REVERSE
+
+
+@triton.jit
 def _step_program(group_offset, reverse_bits, channels_per_group, BLOCK_D: tl.constexpr):
     """This program's place in a step kernel's grid (channel block, group, batch entry): (group, reverse (1: the group
     scans from the end), batch, offs_d and mask_d (BLOCK_D,) channels within the group, chan (BLOCK_D,) int64
     channels)."""
     group = tl.program_id(1).to(tl.int64) + group_offset
-    reverse = (reverse_bits >> tl.program_id(1)) & 1
+    reverse = _direction_bit(reverse_bits)
     batch = tl.program_id(2).to(tl.int64)
     offs_d = tl.program_id(0) * BLOCK_D + tl.arange(0, BLOCK_D)
     mask_d = offs_d < channels_per_group
@@ -783,16 +793,9 @@ def _selective_scan_bwd_kernel(
         ATOMIC_BC: tl.constexpr, SINGLE_CHUNK: tl.constexpr, CHANNEL_BLOCKS: tl.constexpr, BLOCK_D: tl.constexpr,
         BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr, CHUNK: tl.constexpr,
 ):
-    """Chunked backward: see :func:`_bwd_chunked_program` (one direction, REVERSE).
-
-    Both directions run in one launch: group program_id(1) scans from the end when its bit of ``reverse_bits``
-    is set (HAS_FORWARD / HAS_REVERSE: which directions the launch holds, so that a one-direction launch
-    compiles one program)."""
-    if HAS_FORWARD and HAS_REVERSE:
-        run_reverse = ((reverse_bits >> tl.program_id(1)) & 1) != 0
-    else:
-        run_reverse = HAS_REVERSE  # one direction: a compile-time branch
-    if run_reverse:
+    """Chunked backward, both directions in one launch: :func:`_runs_reverse` picks each program's
+    :func:`_bwd_chunked_program`."""
+    if _runs_reverse(reverse_bits, HAS_FORWARD, HAS_REVERSE):
         _bwd_chunked_program(
             grad_out_ptr, grad_last_state_ptr, chunk_states_ptr, u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr,
             delta_bias_ptr, du_ptr, ddelta_ptr, dz_ptr, dB_ptr, dC_ptr, dA_partial_ptr, dD_partial_ptr,
