@@ -327,6 +327,47 @@ def test_explicit_tiles(config, local_window):
     run_case(1, 4, 29, 4, 2, reverse=(False, True), local_window=local_window, config=config)
 
 
+@pytest.mark.parametrize('config, num_states, local_window, channels', [
+    pytest.param(ScanConfig(block_d=1, block_l=16, num_warps=1, suffix_segment=0), 1, 0, 4, id='triton-reverse-scan'),
+    pytest.param(ScanConfig(block_d=1, block_l=16, num_warps=1, suffix_segment=1), 1, 0, 4, id='segment1'),
+    pytest.param(ScanConfig(block_d=2, block_l=16, num_warps=1, suffix_segment=2), 1, 0, 6, id='segment2-2ch-ragged'),
+    pytest.param(ScanConfig(block_d=1, block_l=16, num_warps=1, suffix_segment=8), 1, 0, 4, id='segment8'),
+    pytest.param(ScanConfig(block_d=1, block_l=16, num_warps=1, suffix_segment=16), 1, 0, 4, id='one-segment'),
+    pytest.param(ScanConfig(block_d=1, block_l=8, num_warps=1, suffix_segment=4), 1, 3, 4, id='segment4-W3'),
+    pytest.param(ScanConfig(block_d=1, block_l=16, num_warps=1, suffix_segment=4), 4, 5, 4, id='segment4-N4-W5'),
+])
+def test_suffix_scan_segments(config, num_states, local_window, channels):
+    """The scans that run against the lane order (the reverse groups' forward and recompute, the forward groups'
+    adjoint, both directions' LB window recursions) as segments of ``suffix_segment`` positions combined across
+    segments (``_suffix_scan_segments``), and as Triton's reverse scan (0): both directions in one launch, many
+    chunks (the carry into each chunk), a ragged last chunk, a grad into the last state."""
+    run_case(2, channels, 45, num_states, 2, reverse=(True, False), local_window=local_window, config=config)
+
+
+def test_suffix_segment_choice():
+    """The default segment is the positions a thread holds in the compiled kernels' layout (one 16-byte load, at
+    most its share of the tile, at most what the row alignment allows), 0 below 2 positions; explicit values are
+    checked."""
+    from vmamba.kernels.triton import selective_scan as scan
+    config = ScanConfig(block_d=1, block_l=128, num_warps=1)
+    interpreting = scan.interpreting
+    try:
+        scan.interpreting = lambda: False
+        assert scan._suffix_segment(config, 1, 128, 16, 2) == 4  # VMamba stage 1 backward: 4 positions per thread
+        assert scan._suffix_segment(config, 1, 512, 16, 2) == 8  # the forward's 512-wide tile: one 8 x fp16 load
+        assert scan._suffix_segment(config, 1, 512, 16, 4) == 4
+        assert scan._suffix_segment(config, 2, 64, 4, 2) == 4
+        assert scan._suffix_segment(config, 2, 64, 1, 2) == 0  # rows without proven alignment
+        assert scan._suffix_segment(config, 1, 32, 16, 2) == 0  # one position per thread
+        assert scan._suffix_segment(ScanConfig(1, 128, 1, suffix_segment=0), 1, 128, 16, 2) == 0
+    finally:
+        scan.interpreting = interpreting
+    with pytest.raises(ValueError, match='suffix_segment'):
+        scan._suffix_segment(ScanConfig(1, 16, 1, suffix_segment=3), 1, 16, 16, 2)
+    with pytest.raises(ValueError, match='suffix_segment'):
+        scan._suffix_segment(ScanConfig(1, 16, 1, suffix_segment=32), 1, 16, 16, 2)
+
+
 @pytest.mark.parametrize('channels, config, local_window, num_states', [
     pytest.param(10, ScanConfig(block_d=2, block_l=8, num_warps=1, channel_blocks=2), 0, 1,
                  id='N1-2-blocks-per-program-ragged-atomic'),

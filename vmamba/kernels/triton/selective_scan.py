@@ -45,6 +45,98 @@ def _linear_recurrence_combine(decay_first, value_first, decay_second, value_sec
 
 
 @triton.jit
+def _split_positions(t, ROWS: tl.constexpr, WIDTH: tl.constexpr, SEGMENT: tl.constexpr):
+    """(ROWS, WIDTH * SEGMENT) tile -> tuple of SEGMENT (ROWS, WIDTH) tiles, entry ``k`` holding positions
+    ``s * SEGMENT + k`` (s < WIDTH). When each thread holds SEGMENT consecutive positions of a row (the layout of the
+    chunked kernels' vectorised loads), this only renames registers (repeated ``tl.split``)."""
+    if SEGMENT == 1:
+        return (t,)
+    else:
+        even, odd = tl.split(tl.reshape(t, (ROWS, WIDTH * SEGMENT // 2, 2)))
+        evens = _split_positions(even, ROWS, WIDTH, SEGMENT // 2)
+        odds = _split_positions(odd, ROWS, WIDTH, SEGMENT // 2)
+        out = ()
+        for k in tl.static_range(SEGMENT // 2):
+            out = out + (evens[k], odds[k])
+        return out
+
+
+@triton.jit
+def _join_positions(parts, ROWS: tl.constexpr, WIDTH: tl.constexpr, SEGMENT: tl.constexpr):
+    """Inverse of :func:`_split_positions`: SEGMENT (ROWS, WIDTH) tiles -> one (ROWS, WIDTH * SEGMENT) tile."""
+    if SEGMENT == 1:
+        return parts[0]
+    else:
+        evens = ()
+        odds = ()
+        for k in tl.static_range(SEGMENT // 2):
+            evens = evens + (parts[2 * k],)
+            odds = odds + (parts[2 * k + 1],)
+        even = _join_positions(evens, ROWS, WIDTH, SEGMENT // 2)
+        odd = _join_positions(odds, ROWS, WIDTH, SEGMENT // 2)
+        return tl.reshape(tl.join(even, odd), (ROWS, WIDTH * SEGMENT))
+
+
+@triton.jit
+def _suffix_scan_segments(decay, value, carry, ROWS: tl.constexpr, BLOCK_L: tl.constexpr, SEGMENT: tl.constexpr):
+    """r_i = value_i + decay_i * r_{i+1} along the lanes of (ROWS, BLOCK_L) tiles, r_{BLOCK_L} = carry (ROWS,).
+
+    Triton lowers ``associative_scan(reverse=True)`` as flip, scan, flip, and each flip of a tile costs a butterfly
+    shuffle per register and lane bit (92 shuffles for a (decay, value) pair over 128 lanes in one warp, Triton 3.6
+    sm_90; a forward scan takes 10). Here the lanes are cut into segments of SEGMENT consecutive positions: each
+    segment runs its suffix inside the thread that holds it, the segments' composed maps are combined across
+    segments by doubling (``tl.gather`` from segment s + d: one indexed shuffle each), and every position then
+    applies the composition of the segments after its own: 12 shuffles for the same pair."""
+    WIDTH: tl.constexpr = BLOCK_L // SEGMENT
+    decays = _split_positions(decay, ROWS, WIDTH, SEGMENT)
+    values = _split_positions(value, ROWS, WIDTH, SEGMENT)
+    # Suffix inside each segment: the map from the state after the segment to the state at each of its positions.
+    seg_decay = decays[SEGMENT - 1]
+    seg_value = values[SEGMENT - 1]
+    part_decays = (seg_decay,)
+    part_values = (seg_value,)
+    for k in tl.static_range(SEGMENT - 2, -1, -1):
+        seg_value = values[k] + decays[k] * seg_value
+        seg_decay = decays[k] * seg_decay
+        part_decays = (seg_decay,) + part_decays
+        part_values = (seg_value,) + part_values
+    # Suffix over segments (Hillis-Steele): after round j, segment s holds the composition of segments s .. s + 2^j.
+    seg = tl.arange(0, WIDTH)[None, :] + tl.zeros([ROWS, WIDTH], dtype=tl.int32)
+    span = 1
+    for _ in tl.static_range(WIDTH.bit_length() - 1):
+        source = tl.minimum(seg + span, WIDTH - 1)
+        later_decay = tl.gather(seg_decay, source, 1)
+        later_value = tl.gather(seg_value, source, 1)
+        inside = seg + span < WIDTH
+        seg_value = tl.where(inside, seg_value + seg_decay * later_value, seg_value)
+        seg_decay = tl.where(inside, seg_decay * later_decay, seg_decay)
+        span *= 2
+    # The state after each segment: the next segment's suffix applied to the carry (the carry after the last).
+    source = tl.minimum(seg + 1, WIDTH - 1)
+    after = tl.gather(seg_value, source, 1) + tl.gather(seg_decay, source, 1) * carry[:, None]
+    after = tl.where(seg + 1 < WIDTH, after, carry[:, None])
+    out = ()
+    for k in tl.static_range(SEGMENT):
+        out = out + (part_values[k] + part_decays[k] * after,)
+    return _join_positions(out, ROWS, WIDTH, SEGMENT)
+
+
+@triton.jit
+def _carried_scan(decay, value, carry, REVERSE_LANES: tl.constexpr, ROWS: tl.constexpr, BLOCK_L: tl.constexpr,
+                  SEGMENT: tl.constexpr):
+    """The linear recurrence r = decay * r_prev + value along the lanes of (ROWS, BLOCK_L) tiles, entered with
+    ``carry`` (ROWS,): from the first lane up, or with REVERSE_LANES from the last lane down. Reversed with
+    SEGMENT > 0: :func:`_suffix_scan_segments` (SEGMENT should be the positions each thread holds); SEGMENT 0:
+    Triton's reverse ``associative_scan``."""
+    if REVERSE_LANES and SEGMENT > 0:
+        return _suffix_scan_segments(decay, value, carry, ROWS, BLOCK_L, SEGMENT)
+    else:
+        decay_cum, value_cum = tl.associative_scan((decay, value), 1, _linear_recurrence_combine,
+                                                   reverse=REVERSE_LANES)
+        return value_cum + decay_cum * carry[:, None]
+
+
+@triton.jit
 def _log1p_unit(e):
     """log(1 + e) for e in [0, 1], as e * P(e): P is a degree-8 fit of log1p(e) / e, relative error <= 2.1e-7
     evaluated in fp32 (8 FMAs, where an accurate log and Kahan's division took ~50 instructions)."""
@@ -132,7 +224,7 @@ def _fwd_chunked_program(
         REVERSE: tl.constexpr, LOCAL_WINDOW: tl.constexpr,
         WRITE_OUTPUT: tl.constexpr, WRITE_CHUNK_STATES: tl.constexpr,
         BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr, CHUNK: tl.constexpr,
-        ALIGN: tl.constexpr,
+        ALIGN: tl.constexpr, SEGMENT: tl.constexpr,
 ):
     """One program: BLOCK_D channels (group program_id(1) + group_offset, batch program_id(2)) x all states.
 
@@ -195,8 +287,7 @@ def _fwd_chunked_program(
 
         decay = tl.exp2(dt * A2)  # (ROWS, L); 1 on masked lanes (dt = 0)
         x = (dt * u) * Bv  # (ROWS, L); 0 on masked lanes
-        decay_cum, x_cum = tl.associative_scan((decay, x), 1, _linear_recurrence_combine, reverse=REVERSE)
-        h_left = decay_cum * state[:, None] + x_cum
+        h_left = _carried_scan(decay, x, state, REVERSE, ROWS, BLOCK_L, SEGMENT)
         state = tl.sum(tl.where(lane[None, :] == carry_lane, h_left, 0.0), axis=1)
 
         if WRITE_OUTPUT:
@@ -208,8 +299,8 @@ def _fwd_chunked_program(
                     scan_index = pos
                 window_end = (scan_index % LOCAL_WINDOW) == (LOCAL_WINDOW - 1)
                 decay_local = tl.where(window_end[None, :], 0.0, decay)
-                _, h_right = tl.associative_scan((decay_local, x), 1, _linear_recurrence_combine,
-                                                 reverse=not REVERSE)
+                h_right = _carried_scan(decay_local, x, tl.zeros([ROWS], dtype=tl.float32), not REVERSE, ROWS,
+                                        BLOCK_L, SEGMENT)
                 h = h_left + h_right - x
             else:
                 h = h_left
@@ -234,7 +325,7 @@ def _selective_scan_fwd_kernel(
         DELTA_SOFTPLUS: tl.constexpr, HAS_FORWARD: tl.constexpr, HAS_REVERSE: tl.constexpr,
         LOCAL_WINDOW: tl.constexpr, WRITE_OUTPUT: tl.constexpr, WRITE_CHUNK_STATES: tl.constexpr,
         BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr, CHUNK: tl.constexpr,
-        ALIGN: tl.constexpr,
+        ALIGN: tl.constexpr, SEGMENT: tl.constexpr,
 ):
     """Chunked forward, both directions in one launch: :func:`_runs_reverse` picks each program's
     :func:`_fwd_chunked_program`."""
@@ -243,13 +334,13 @@ def _selective_scan_fwd_kernel(
             u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, delta_bias_ptr, out_ptr, last_state_ptr,
             chunk_states_ptr, length, channels, channels_per_group, num_groups, num_states, num_chunks, group_offset,
             HAS_D, HAS_Z, HAS_DELTA_BIAS, DELTA_SOFTPLUS, True, LOCAL_WINDOW, WRITE_OUTPUT, WRITE_CHUNK_STATES,
-            BLOCK_D, BLOCK_N, BLOCK_L, CHUNK, ALIGN)
+            BLOCK_D, BLOCK_N, BLOCK_L, CHUNK, ALIGN, SEGMENT)
     else:
         _fwd_chunked_program(
             u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, delta_bias_ptr, out_ptr, last_state_ptr,
             chunk_states_ptr, length, channels, channels_per_group, num_groups, num_states, num_chunks, group_offset,
             HAS_D, HAS_Z, HAS_DELTA_BIAS, DELTA_SOFTPLUS, False, LOCAL_WINDOW, WRITE_OUTPUT, WRITE_CHUNK_STATES,
-            BLOCK_D, BLOCK_N, BLOCK_L, CHUNK, ALIGN)
+            BLOCK_D, BLOCK_N, BLOCK_L, CHUNK, ALIGN, SEGMENT)
 
 
 @triton.jit
@@ -583,6 +674,7 @@ def _bwd_chunked_program(
         HAS_GRAD_LAST_STATE: tl.constexpr, HAS_CHUNK_STATES: tl.constexpr,
         ATOMIC_BC: tl.constexpr, SINGLE_CHUNK: tl.constexpr, CHANNEL_BLOCKS: tl.constexpr,
         BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr, CHUNK: tl.constexpr,
+        SEGMENT: tl.constexpr,
 ):
     """One program: CHANNEL_BLOCKS x BLOCK_D channels of one group and batch element, one block after the other
     (tiles as in the forward kernel).
@@ -672,8 +764,7 @@ def _bwd_chunked_program(
             decay = tl.exp2(dt * A2)
             dtu = dt * u
             x = dtu * Bv
-            decay_cum, x_cum = tl.associative_scan((decay, x), 1, _linear_recurrence_combine, reverse=REVERSE)
-            h_left = decay_cum * state0[:, None] + x_cum
+            h_left = _carried_scan(decay, x, state0, REVERSE, ROWS, BLOCK_L, SEGMENT)
             if LOCAL_WINDOW > 0:
                 if REVERSE:
                     scan_index = length - 1 - pos
@@ -681,8 +772,8 @@ def _bwd_chunked_program(
                     scan_index = pos
                 window_pos = scan_index % LOCAL_WINDOW
                 decay_local = tl.where((window_pos == LOCAL_WINDOW - 1)[None, :], 0.0, decay)
-                _, h_right = tl.associative_scan((decay_local, x), 1, _linear_recurrence_combine,
-                                                 reverse=not REVERSE)
+                h_right = _carried_scan(decay_local, x, tl.zeros([ROWS], dtype=tl.float32), not REVERSE, ROWS,
+                                        BLOCK_L, SEGMENT)
                 h = h_left + h_right - x
             else:
                 h = h_left
@@ -715,9 +806,7 @@ def _bwd_chunked_program(
             dt_next, _ = _load_dt(delta_ptr, seq_row[:, None] + pos_next[None, :], mask_d[:, None] & mask_next[None, :],
                                   delta_bias, HAS_DELTA_BIAS, DELTA_SOFTPLUS)
             decay_next = tl.exp2(dt_next * A2)  # 1 where the next step is outside the chunk
-            decay_prod, adj_partial = tl.associative_scan((decay_next, g), 1, _linear_recurrence_combine,
-                                                          reverse=not REVERSE)
-            adj_left = adj_partial + decay_prod * adj_carry[:, None]
+            adj_left = _carried_scan(decay_next, g, adj_carry, not REVERSE, ROWS, BLOCK_L, SEGMENT)
             adj_carry = tl.sum(tl.where(lane[None, :] == first_lane, decay * adj_left, 0.0), axis=1)
 
             if LOCAL_WINDOW > 0:
@@ -730,7 +819,8 @@ def _bwd_chunked_program(
                                       mask_d[:, None] & mask_prev[None, :], delta_bias, HAS_DELTA_BIAS,
                                       DELTA_SOFTPLUS)
                 decay_prev = tl.where(mask_prev[None, :], tl.exp2(dt_prev * A2), 0.0)
-                _, adj_right = tl.associative_scan((decay_prev, g), 1, _linear_recurrence_combine, reverse=REVERSE)
+                adj_right = _carried_scan(decay_prev, g, tl.zeros([ROWS], dtype=tl.float32), REVERSE, ROWS,
+                                          BLOCK_L, SEGMENT)
                 dx = adj_left + adj_right - g
                 # dL/d(dt A): adjoint * (state - input) (= decay * previous state), summed over both recursions.
                 d_log_decay = adj_left * (h_left - x) + adj_right * (h_right - x)
@@ -791,7 +881,7 @@ def _selective_scan_bwd_kernel(
         DELTA_SOFTPLUS: tl.constexpr, HAS_FORWARD: tl.constexpr, HAS_REVERSE: tl.constexpr,
         LOCAL_WINDOW: tl.constexpr, HAS_GRAD_LAST_STATE: tl.constexpr, HAS_CHUNK_STATES: tl.constexpr,
         ATOMIC_BC: tl.constexpr, SINGLE_CHUNK: tl.constexpr, CHANNEL_BLOCKS: tl.constexpr, BLOCK_D: tl.constexpr,
-        BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr, CHUNK: tl.constexpr,
+        BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr, CHUNK: tl.constexpr, SEGMENT: tl.constexpr,
 ):
     """Chunked backward, both directions in one launch: :func:`_runs_reverse` picks each program's
     :func:`_bwd_chunked_program`."""
@@ -802,7 +892,7 @@ def _selective_scan_bwd_kernel(
             ddelta_bias_partial_ptr, length, channels, channels_per_group, num_groups, num_states, num_chunks,
             group_offset, HAS_D, HAS_Z, HAS_DELTA_BIAS, DELTA_SOFTPLUS, True, LOCAL_WINDOW,
             HAS_GRAD_LAST_STATE, HAS_CHUNK_STATES, ATOMIC_BC, SINGLE_CHUNK, CHANNEL_BLOCKS, BLOCK_D, BLOCK_N, BLOCK_L,
-            CHUNK)
+            CHUNK, SEGMENT)
     else:
         _bwd_chunked_program(
             grad_out_ptr, grad_last_state_ptr, chunk_states_ptr, u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr,
@@ -810,7 +900,7 @@ def _selective_scan_bwd_kernel(
             ddelta_bias_partial_ptr, length, channels, channels_per_group, num_groups, num_states, num_chunks,
             group_offset, HAS_D, HAS_Z, HAS_DELTA_BIAS, DELTA_SOFTPLUS, False, LOCAL_WINDOW,
             HAS_GRAD_LAST_STATE, HAS_CHUNK_STATES, ATOMIC_BC, SINGLE_CHUNK, CHANNEL_BLOCKS, BLOCK_D, BLOCK_N, BLOCK_L,
-            CHUNK)
+            CHUNK, SEGMENT)
 
 
 @triton.jit
@@ -978,7 +1068,9 @@ class ScanConfig:
     sequence load clamped to its ends instead of masked (unpredicated loads; dt is zeroed there either way).
     ``lane_states`` (the step forward, and in a 'bwd_step' config the backward's pre-pass): one channel per lane with
     its N states in registers (:func:`_selective_scan_fwd_lanes_kernel`) instead of an (N, block_d) tile spread over
-    lanes."""
+    lanes. ``suffix_segment`` (chunked kernels): positions per segment of the scans that run against the lane order
+    (:func:`_suffix_scan_segments`); 0 runs Triton's reverse ``associative_scan`` instead; None picks the positions
+    that each thread holds (:func:`_suffix_segment`)."""
     block_d: int
     block_l: int
     num_warps: int = 4
@@ -986,6 +1078,7 @@ class ScanConfig:
     max_registers: Optional[int] = None
     clamp_loads: bool = True
     lane_states: bool = False
+    suffix_segment: Optional[int] = None
 
 
 # The one-channel-per-lane forward (64 channels per 1-warp program, ~168 registers: 12 warps per SM) needs this many
@@ -1052,6 +1145,26 @@ def _resolve(config: ScanConfig, num_states: int, local_window: int, length: int
     return block_d, block_n, block_l, chunk
 
 
+def _suffix_segment(config: ScanConfig, rows: int, block_l: int, aligned: int, element_size: int) -> int:
+    """SEGMENT of the chunked kernels: ``config.suffix_segment`` if set, else the consecutive positions of a row that
+    each thread holds, which is what :func:`_suffix_scan_segments` needs to split its tiles without moving data:
+    Triton gives a thread one vectorised load's worth (16 bytes of the input dtype, at most ``aligned`` positions, the
+    alignment it can prove for the rows) or its share of the (rows, block_l) tile if smaller. Below 2 positions per
+    thread: 0 (Triton's reverse scan), which measured no worse there. Under the interpreter: 4 positions (layouts do
+    not exist there; this exercises the segmented scan on the tests' small tiles)."""
+    if config.suffix_segment is not None:
+        segment = config.suffix_segment
+        if segment < 0 or (segment & (segment - 1)) or segment > block_l:
+            raise ValueError(f'suffix_segment must be 0 or a power of two <= block_l ({block_l}), got {segment}')
+        return segment
+    if interpreting():
+        return min(4, block_l)
+    per_thread = max(1, rows * block_l // (32 * config.num_warps))
+    segment = min(aligned, 16 // element_size, per_thread, block_l)
+    segment = 1 << (segment.bit_length() - 1)  # a power of two
+    return segment if segment >= 2 else 0
+
+
 _MAX_GROUPS_PER_LAUNCH = 62  # a launch's per-group directions travel as the bits of one int64
 
 
@@ -1111,6 +1224,8 @@ def _launch_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, lo
     block_d, block_n, block_l, chunk = _resolve(config, num_states, local_window, length)
     num_chunks = cdiv(length, chunk)
     write_output = out is not None
+    align = math.gcd(length, chunk, 16)
+    segment = _suffix_segment(config, block_d * block_n, block_l, align, u.element_size())
     dummy = u  # stands in for absent optional pointers (never dereferenced)
     for first_group, count, reverse_bits in _chunked_launches(reverse, length):
         grid = (cdiv(per_group, block_d), count, batch)
@@ -1124,7 +1239,7 @@ def _launch_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, lo
             DELTA_SOFTPLUS=bool(delta_softplus), HAS_FORWARD=reverse_bits != (1 << count) - 1,
             HAS_REVERSE=reverse_bits != 0, LOCAL_WINDOW=int(local_window),
             WRITE_OUTPUT=write_output, WRITE_CHUNK_STATES=chunk_states is not None,
-            BLOCK_D=block_d, BLOCK_N=block_n, BLOCK_L=block_l, CHUNK=chunk, ALIGN=math.gcd(length, chunk, 16),
+            BLOCK_D=block_d, BLOCK_N=block_n, BLOCK_L=block_l, CHUNK=chunk, ALIGN=align, SEGMENT=segment,
             num_warps=config.num_warps,
         )
 
@@ -1470,6 +1585,9 @@ def selective_scan_bwd(
     du, ddelta, dz, dB, dC, dA_partial, dD_partial, dbias_partial = _grad_buffers(u, delta, B, C, D, z, delta_bias,
                                                                                   atomic_bc)
 
+    # The backward's rows carry no alignment hints (with them it ran 2x slower at L 196, v11/run4): Triton proves 16
+    # positions for 16-aligned lengths (its integer specialisation) and one otherwise.
+    segment = _suffix_segment(config, block_d * block_n, block_l, 16 if length % 16 == 0 else 1, u.element_size())
     dummy = u
     for first_group, count, reverse_bits in _chunked_launches(reverse, length):
         grid = (programs_per_group, count, batch)
@@ -1486,7 +1604,8 @@ def selective_scan_bwd(
             HAS_REVERSE=reverse_bits != 0, LOCAL_WINDOW=local_window,
             HAS_GRAD_LAST_STATE=grad_last_state is not None, HAS_CHUNK_STATES=chunk_states is not None,
             ATOMIC_BC=atomic_bc, SINGLE_CHUNK=num_chunks == 1, CHANNEL_BLOCKS=channel_blocks,
-            BLOCK_D=block_d, BLOCK_N=block_n, BLOCK_L=block_l, CHUNK=chunk, num_warps=config.num_warps,
+            BLOCK_D=block_d, BLOCK_N=block_n, BLOCK_L=block_l, CHUNK=chunk, SEGMENT=segment,
+            num_warps=config.num_warps,
         )
 
     return _finish_grads(du, ddelta, dz, dB, dC, dA_partial, dD_partial, dbias_partial, B.dtype)

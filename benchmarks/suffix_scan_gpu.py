@@ -1,0 +1,147 @@
+"""Chunked scan kernels with the scans that run against the lane order as segments (``suffix_segment`` auto) vs
+Triton's reverse ``associative_scan`` (``suffix_segment=0``), in one run on one GPU, alternating rounds.
+
+    PYTHONPATH=. python benchmarks/suffix_scan_gpu.py [--rounds 2] [--cases vmamba_t_stage1 ...]
+
+For each case (mixed directions (F, F, T, T) as the cross scan passes them): the inference forward at its default
+tile (and at 256 positions), the backward with its pre-pass, and the training path (forward keeping the chunk
+states + backward without pre-pass), as ms (do_bench median, L2 flushed) and % of the device-to-device copy
+bandwidth for the minimal bytes (``bench_scan.minimal_bytes``). Before timing, each variant's forward and
+gradients are checked against the reference at a reduced batch. Writes ``$OUT/suffix_scan.{md,json}``.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+from dataclasses import replace
+
+import torch
+import triton
+from triton.testing import do_bench
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench_scan  # noqa: E402  (the cases, inputs, byte counts and the reference check)
+
+scan = bench_scan._triton_scan
+GRAD_NAMES = bench_scan.GRAD_NAMES
+
+
+def variants(case):
+    """(label, forward config, backward config) for the case's default tiles."""
+    per_group = case['channels'] // case['groups']
+    fwd = scan.default_config('fwd', case['num_states'], case['length'], per_group)
+    bwd = scan.default_config('bwd', case['num_states'], case['length'], per_group)
+    out = [('triton-reverse', replace(fwd, suffix_segment=0), replace(bwd, suffix_segment=0)),
+           ('segments', fwd, bwd),
+           ('triton-reverse fwd256', replace(fwd, block_l=256, suffix_segment=0), None),
+           ('segments fwd256', replace(fwd, block_l=256), None)]
+    if case['length'] % 16:  # rows without proven alignment: the default keeps Triton's scan; force segments
+        out += [('segments bwd seg2', None, replace(bwd, suffix_segment=2)),
+                ('segments bwd seg4', None, replace(bwd, suffix_segment=4))]
+    return out
+
+
+def check(case, fwd_config, bwd_config):
+    """Worst relative-RMS error of out and every gradient vs the fp32 reference, batch 2."""
+    small = dict(case, batch=2)
+    inputs = bench_scan.make_inputs(2, small['channels'], small['length'], small['num_states'], small['groups'],
+                                    small['z'], small['dtype'], seed=1)
+    args = [inputs[k] for k in GRAD_NAMES]
+    rev = small['reverse']
+    out, last = scan.selective_scan_fwd(*args, True, rev, 0, small['out_dtype'], config=fwd_config)
+    grad_out = torch.randn_like(out)
+    grads = scan.selective_scan_bwd(grad_out, None, *args, True, rev, 0, config=bwd_config)
+    leaves = {k: (v.float().clone().requires_grad_(True) if v is not None else None) for k, v in inputs.items()}
+    ref_out = bench_scan.selective_scan_ref(
+        leaves['u'], leaves['delta'], leaves['A'], leaves['B'], leaves['C'], D=leaves['D'], z=leaves['z'],
+        delta_bias=leaves['delta_bias'], delta_softplus=True, reverse=rev, out_dtype=torch.float32)
+    (ref_out * grad_out.float()).sum().backward()
+    errors = {'out': bench_scan.rel_rms(out, ref_out)}
+    for k, g in zip(GRAD_NAMES, grads):
+        if g is not None:
+            errors['d' + k] = bench_scan.rel_rms(g, leaves[k].grad)
+    return max(errors.values())
+
+
+def time_variant(case, inputs, grad_out, fwd_config, bwd_config):
+    args = [inputs[k] for k in GRAD_NAMES]
+    rev, out_dtype = case['reverse'], case['out_dtype']
+    result = {}
+    if fwd_config is not None:
+        result['fwd_ms'] = do_bench(lambda: scan.selective_scan_fwd(*args, True, rev, 0, out_dtype, config=fwd_config),
+                                    warmup=25, rep=200, return_mode='median')
+    if bwd_config is not None:
+        result['bwd_ms'] = do_bench(lambda: scan.selective_scan_bwd(grad_out, None, *args, True, rev, 0,
+                                                                     config=bwd_config),
+                                    warmup=25, rep=200, return_mode='median')
+    if fwd_config is not None and bwd_config is not None:
+        def train():
+            _, _, states = scan.selective_scan_fwd(*args, True, rev, 0, out_dtype, config=fwd_config,
+                                                   save_chunk_states=True)
+            return scan.selective_scan_bwd(grad_out, None, *args, True, rev, 0, chunk_states=states,
+                                           config=bwd_config)
+        result['train_ms'] = do_bench(train, warmup=25, rep=200, return_mode='median')
+    return result
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--rounds', type=int, default=2)
+    parser.add_argument('--cases', nargs='*', default=['vmamba_t_stage1', 'vmamba_t_stage2', 'vmamba_t_stage3'])
+    opts = parser.parse_args()
+    name = torch.cuda.get_device_name()
+    copy_gbs, _ = bench_scan.copy_bandwidth()
+    header = (f'Device: {name}, torch {torch.__version__}, triton {triton.__version__}; '
+              f'{datetime.date.today()}; copy bandwidth {copy_gbs:.0f} GB/s')
+    print(header, flush=True)
+    rows, report = [], dict(device=name, copy_gbs=copy_gbs, cases={})
+    for case_name in opts.cases:
+        case = bench_scan.CASES[case_name]
+        inputs = bench_scan.make_inputs(case['batch'], case['channels'], case['length'], case['num_states'],
+                                        case['groups'], case['z'], case['dtype'])
+        fwd_bytes = bench_scan.minimal_bytes(inputs, case['out_dtype'], False)
+        all_bytes = bench_scan.minimal_bytes(inputs, case['out_dtype'], True)
+        args = [inputs[k] for k in GRAD_NAMES]
+        out, _ = scan.selective_scan_fwd(*args, True, case['reverse'], 0, case['out_dtype'])
+        grad_out = torch.randn_like(out)
+        results = {}
+        for label, fwd_config, bwd_config in variants(case):
+            worst = check(case, fwd_config, bwd_config)
+            print(f'  {case_name} {label}: worst rel-RMS error vs reference {worst:.1e} '
+                  f'({"PASS" if worst <= 1e-2 else "FAIL"})', flush=True)
+            results[label] = dict(error=worst, runs=[])
+        for r in range(opts.rounds):
+            for label, fwd_config, bwd_config in variants(case):
+                timing = time_variant(case, inputs, grad_out, fwd_config, bwd_config)
+                results[label]['runs'].append(timing)
+                print(f'  round {r} {case_name} {label}: ' + ', '.join(f'{k} {v:.4f}' for k, v in timing.items()),
+                      flush=True)
+        for label, res in results.items():
+            best = {k: min(run[k] for run in res['runs']) for k in res['runs'][0]}
+            res['best'] = best
+
+            def pct(nbytes, ms):
+                return f'{100 * nbytes / (ms * 1e-3) / 1e9 / copy_gbs:.0f}%'
+            rows.append(f"| {case_name} | {label} | {res['error']:.1e} | "
+                        + (f"{best['fwd_ms']:.4f} ({pct(fwd_bytes, best['fwd_ms'])})" if 'fwd_ms' in best else '-')
+                        + ' | ' + (f"{best['bwd_ms']:.4f}" if 'bwd_ms' in best else '-')
+                        + ' | ' + (f"{best['train_ms']:.4f} ({pct(all_bytes, best['train_ms'])})"
+                                   if 'train_ms' in best else '-') + ' |')
+        report['cases'][case_name] = dict(results=results, fwd_bytes=fwd_bytes, fwd_bwd_bytes=all_bytes)
+    table = ('| case | variant | worst rel-RMS err | fwd ms (% copy) | bwd ms (with pre-pass) | '
+             'train fwd+bwd ms (% copy) |\n|---|---|---|---|---|---|\n' + '\n'.join(rows))
+    text = f'# Segmented suffix scans vs Triton reverse scans\n\n{header}; best of {opts.rounds} rounds\n\n{table}\n'
+    out_dir = os.environ.get('OUT')
+    if out_dir:
+        with open(os.path.join(out_dir, 'suffix_scan.md'), 'w') as f:
+            f.write(text)
+        with open(os.path.join(out_dir, 'suffix_scan.json'), 'w') as f:
+            json.dump(report, f, indent=1, default=str)
+    print(text)
+
+
+if __name__ == '__main__':
+    main()
