@@ -3,8 +3,9 @@ LBMamba's locally bidirectional windows.
 
 Layout of the work: one program owns ``BLOCK_D`` channels of one B/C group for one batch element and all ``N``
 states (padded to ``BLOCK_N``). It walks the sequence in chunks of ``CHUNK`` positions (a ``BLOCK_L``-wide tile;
-``CHUNK < BLOCK_L`` only when LB windows need chunks aligned to the window) and scans each chunk with
-``tl.associative_scan`` over ``(decay, input)`` pairs, carrying the state from chunk to chunk in registers.
+``CHUNK < BLOCK_L`` only when LB windows need chunks aligned to the window) and scans each chunk over
+``(decay, input)`` pairs, carrying the state from chunk to chunk in registers: ``tl.associative_scan`` along the
+lanes, and against the lanes :func:`_suffix_scan_segments` (Triton's reverse scan flips the tile twice).
 
 A reversed group keeps its tile in memory order (so loads stay contiguous and vectorised); only the chunk order and
 the scan direction flip. The backward pass recomputes everything from the inputs: a forward pre-pass stores the
