@@ -1,6 +1,7 @@
 """Model-level A/B of the segmented suffix scans in one process on one GPU: each model's CUDA-graph inference and
-training step (``tools/benchmark.py``'s ``measure``) with the chunked scan kernels' default configs ("segments")
-and with ``suffix_segment=0`` (Triton's reverse ``associative_scan``), alternating, next to a peer.
+training step (``tools/benchmark.py``'s ``measure``) with the chunked scan kernels' segmented suffix scans
+(``suffix_segment=None``) and with the default ``suffix_segment=0`` (Triton's reverse ``associative_scan``),
+alternating, next to a peer.
 
     PYTHONPATH=. python benchmarks/suffix_model_ab_gpu.py [--models vmamba_tiny_s1l8] [--peer convnext_tiny]
 """
@@ -22,9 +23,9 @@ from vmamba.kernels.triton import selective_scan as scan  # noqa: E402
 _default_config = scan.default_config
 
 
-def _triton_reverse_config(kind, *args, **kwargs):
+def _segments_config(kind, *args, **kwargs):
     config = _default_config(kind, *args, **kwargs)
-    return replace(config, suffix_segment=0) if kind in ('fwd', 'bwd') else config
+    return replace(config, suffix_segment=None) if kind in ('fwd', 'bwd') else config
 
 
 def main():
@@ -41,7 +42,7 @@ def main():
     rows = []
     for r in range(opts.rounds):
         for model in opts.models.split(','):
-            for label, config_fn in (('segments', _default_config), ('triton-reverse', _triton_reverse_config)):
+            for label, config_fn in (('segments', _segments_config), ('triton-reverse', _default_config)):
                 scan.default_config = config_fn
                 row = benchmark.measure(model, args, device, False)
                 scan.default_config = _default_config

@@ -1,5 +1,6 @@
-"""Chunked scan kernels with the scans that run against the lane order as segments (``suffix_segment`` auto) vs
-Triton's reverse ``associative_scan`` (``suffix_segment=0``), in one run on one GPU, alternating rounds.
+"""Chunked scan kernels with the scans that run against the lane order as segments (``suffix_segment=None``: the
+positions each thread holds) vs Triton's reverse ``associative_scan`` (``suffix_segment=0``, the default), in one
+run on one GPU, alternating rounds.
 
     PYTHONPATH=. python benchmarks/suffix_scan_gpu.py [--rounds 1] [--cases vmamba_t_stage1 vmamba_t_stage3]
 
@@ -35,9 +36,9 @@ def variants(case):
     fwd = scan.default_config('fwd', case['num_states'], case['length'], per_group)
     bwd = scan.default_config('bwd', case['num_states'], case['length'], per_group)
     out = [('triton-reverse', replace(fwd, suffix_segment=0), replace(bwd, suffix_segment=0)),
-           ('segments', fwd, bwd)]
+           ('segments', replace(fwd, suffix_segment=None), replace(bwd, suffix_segment=None))]
     if fwd.block_l > 256:
-        out.append(('segments fwd256', replace(fwd, block_l=256), None))
+        out.append(('segments fwd256', replace(fwd, block_l=256, suffix_segment=None), None))
     if case['length'] % 16:  # rows without proven alignment: the default keeps Triton's scan; force segments
         out.append(('segments bwd seg4', None, replace(bwd, suffix_segment=4)))
     return out

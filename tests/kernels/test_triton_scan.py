@@ -329,6 +329,7 @@ def test_explicit_tiles(config, local_window):
 
 @pytest.mark.parametrize('config, num_states, local_window, channels', [
     pytest.param(ScanConfig(block_d=1, block_l=16, num_warps=1, suffix_segment=0), 1, 0, 4, id='triton-reverse-scan'),
+    pytest.param(ScanConfig(block_d=1, block_l=16, num_warps=1, suffix_segment=None), 1, 0, 4, id='segment-auto'),
     pytest.param(ScanConfig(block_d=1, block_l=16, num_warps=1, suffix_segment=1), 1, 0, 4, id='segment1'),
     pytest.param(ScanConfig(block_d=2, block_l=16, num_warps=1, suffix_segment=2), 1, 0, 6, id='segment2-2ch-ragged'),
     pytest.param(ScanConfig(block_d=1, block_l=16, num_warps=1, suffix_segment=8), 1, 0, 4, id='segment8'),
@@ -345,11 +346,12 @@ def test_suffix_scan_segments(config, num_states, local_window, channels):
 
 
 def test_suffix_segment_choice():
-    """The default segment is the positions a thread holds in the compiled kernels' layout (one 16-byte load, at
-    most its share of the tile, at most what the row alignment allows), 0 below 2 positions; explicit values are
+    """``suffix_segment=None`` picks the positions a thread holds in the compiled kernels' layout (one 16-byte load,
+    at most its share of the tile, at most what the row alignment allows), 0 below 2 positions; explicit values are
     checked."""
     from vmamba.kernels.triton import selective_scan as scan
-    config = ScanConfig(block_d=1, block_l=128, num_warps=1)
+    assert ScanConfig(block_d=1, block_l=128).suffix_segment == 0  # Triton's reverse scan until timed on a GPU
+    config = ScanConfig(block_d=1, block_l=128, num_warps=1, suffix_segment=None)
     interpreting = scan.interpreting
     try:
         scan.interpreting = lambda: False
@@ -475,3 +477,21 @@ def test_softplus_helpers_match_torch():
 def test_real_sizes_gpu(name, shape, kwargs, dtype, rel_tol):
     out_dtype = torch.float32 if name == 'vmamba_ss2d' else dtype
     run_case(*shape, dtype=dtype, out_dtype=out_dtype, rel_tol=rel_tol, **kwargs)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
+@pytest.mark.parametrize('dtype, rel_tol', [(torch.float32, 1e-4), (torch.bfloat16, 1e-2)])
+@pytest.mark.parametrize('name, shape, block_l, kwargs', [
+    ('vmamba_stage1', (2, 384, 3136, 1, 4), 128, dict(reverse=(False, False, True, True), z=False)),
+    ('vmamba_stage1_fwd512', (2, 384, 3136, 1, 4), 512, dict(reverse=(False, False, True, True), z=False)),
+    ('vmamba_stage3', (2, 1536, 196, 1, 4), 64, dict(reverse=(False, False, True, True), z=False)),
+    ('lb_w16_long', (1, 64, 1030, 16, 2), 16, dict(reverse=(False, True), local_window=16)),
+])
+def test_suffix_scan_segments_real_sizes_gpu(name, shape, block_l, kwargs, dtype, rel_tol):
+    """The compiled segmented suffix scans (``suffix_segment=None``: the positions each thread holds) at real sizes,
+    forward and backward, against the reference."""
+    config = ScanConfig(block_d=2 if name == 'vmamba_stage3' else 1, block_l=block_l, num_warps=1,
+                        suffix_segment=None)
+    out_dtype = torch.float32 if name.startswith('vmamba') else dtype
+    run_case(*shape, dtype=dtype, out_dtype=out_dtype, rel_tol=rel_tol, config=config, **kwargs)

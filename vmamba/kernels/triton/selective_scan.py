@@ -1070,8 +1070,9 @@ class ScanConfig:
     ``lane_states`` (the step forward, and in a 'bwd_step' config the backward's pre-pass): one channel per lane with
     its N states in registers (:func:`_selective_scan_fwd_lanes_kernel`) instead of an (N, block_d) tile spread over
     lanes. ``suffix_segment`` (chunked kernels): positions per segment of the scans that run against the lane order
-    (:func:`_suffix_scan_segments`); 0 runs Triton's reverse ``associative_scan`` instead; None picks the positions
-    that each thread holds (:func:`_suffix_segment`)."""
+    (:func:`_suffix_scan_segments`); None picks the positions that each thread holds (:func:`_suffix_segment`);
+    0 (the default until the segmented scans are timed on a GPU: ``benchmarks/suffix_scan_gpu.py``) runs Triton's
+    reverse ``associative_scan``."""
     block_d: int
     block_l: int
     num_warps: int = 4
@@ -1079,7 +1080,7 @@ class ScanConfig:
     max_registers: Optional[int] = None
     clamp_loads: bool = True
     lane_states: bool = False
-    suffix_segment: Optional[int] = None
+    suffix_segment: Optional[int] = 0
 
 
 # The one-channel-per-lane forward (64 channels per 1-warp program, ~168 registers: 12 warps per SM) needs this many
@@ -1151,13 +1152,16 @@ def _suffix_segment(config: ScanConfig, rows: int, block_l: int, aligned: int, e
     each thread holds, which is what :func:`_suffix_scan_segments` needs to split its tiles without moving data:
     Triton gives a thread one vectorised load's worth (16 bytes of the input dtype, at most ``aligned`` positions, the
     alignment it can prove for the rows) or its share of the (rows, block_l) tile if smaller. Below 2 positions per
-    thread: 0 (Triton's reverse scan), which measured no worse there. Under the interpreter: 4 positions (layouts do
-    not exist there; this exercises the segmented scan on the tests' small tiles)."""
+    thread: 0 (Triton's reverse scan; segments of one position take an indexed shuffle per tile register and
+    round, 96 for a (2, 64) pair against Triton's 90, sm_90 SASS). Under the interpreter: 4 positions (layouts do
+    not exist there). 0 where Triton has no ``tl.gather`` (before 3.3)."""
     if config.suffix_segment is not None:
         segment = config.suffix_segment
         if segment < 0 or (segment & (segment - 1)) or segment > block_l:
             raise ValueError(f'suffix_segment must be 0 or a power of two <= block_l ({block_l}), got {segment}')
         return segment
+    if not hasattr(tl, 'gather'):
+        return 0
     if interpreting():
         return min(4, block_l)
     per_thread = max(1, rows * block_l // (32 * config.num_warps))
