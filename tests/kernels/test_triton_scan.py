@@ -327,28 +327,28 @@ def test_explicit_tiles(config, local_window):
     run_case(1, 4, 29, 4, 2, reverse=(False, True), local_window=local_window, config=config)
 
 
-@pytest.mark.parametrize('config, num_states, local_window, channels', [
-    pytest.param(ScanConfig(block_d=1, block_l=16, num_warps=1, suffix_segment=0), 1, 0, 4, id='triton-reverse-scan'),
-    pytest.param(ScanConfig(block_d=1, block_l=16, num_warps=1, suffix_segment=None), 1, 0, 4, id='segment-auto'),
-    pytest.param(ScanConfig(block_d=1, block_l=16, num_warps=1, suffix_segment=1), 1, 0, 4, id='segment1'),
-    pytest.param(ScanConfig(block_d=2, block_l=16, num_warps=1, suffix_segment=2), 1, 0, 6, id='segment2-2ch-ragged'),
-    pytest.param(ScanConfig(block_d=1, block_l=16, num_warps=1, suffix_segment=8), 1, 0, 4, id='segment8'),
-    pytest.param(ScanConfig(block_d=1, block_l=16, num_warps=1, suffix_segment=16), 1, 0, 4, id='one-segment'),
-    pytest.param(ScanConfig(block_d=1, block_l=8, num_warps=1, suffix_segment=4), 1, 3, 4, id='segment4-W3'),
-    pytest.param(ScanConfig(block_d=1, block_l=16, num_warps=1, suffix_segment=4), 4, 5, 4, id='segment4-N4-W5'),
+@pytest.mark.parametrize('config, local_window', [
+    pytest.param(ScanConfig(block_d=1, block_l=16, num_warps=1, suffix_segment=0), 0, id='triton-reverse-scan'),
+    pytest.param(ScanConfig(block_d=1, block_l=16, num_warps=1, suffix_segment=None), 0, id='segment-auto'),
+    pytest.param(ScanConfig(block_d=1, block_l=16, num_warps=1, suffix_segment=1), 0, id='segment1'),
+    pytest.param(ScanConfig(block_d=1, block_l=16, num_warps=1, suffix_segment=2), 0, id='segment2'),
+    pytest.param(ScanConfig(block_d=1, block_l=16, num_warps=1, suffix_segment=8), 0, id='segment8'),
+    pytest.param(ScanConfig(block_d=1, block_l=16, num_warps=1, suffix_segment=16), 0, id='one-segment'),
+    pytest.param(ScanConfig(block_d=1, block_l=8, num_warps=1, suffix_segment=4), 3, id='segment4-W3'),
 ])
-def test_suffix_scan_segments(config, num_states, local_window, channels):
+def test_suffix_scan_segments(config, local_window):
     """The scans that run against the lane order (the reverse groups' forward and recompute, the forward groups'
-    adjoint, both directions' LB window recursions) as segments of ``suffix_segment`` positions combined across
-    segments (``_suffix_scan_segments``), and as Triton's reverse scan (0): both directions in one launch, many
-    chunks (the carry into each chunk), a ragged last chunk, a grad into the last state."""
-    run_case(2, channels, 45, num_states, 2, reverse=(True, False), local_window=local_window, config=config)
+    adjoint and its decays moved by one lane, both directions' LB window recursions) as segments of
+    ``suffix_segment`` positions combined across segments (``_suffix_scan_segments``), and as Triton's reverse scan
+    (0): both directions in one launch, many chunks (the carry into each chunk), a ragged last chunk, a grad into the
+    last state."""
+    run_case(2, 4, 45, 1, 2, reverse=(True, False), local_window=local_window, config=config)
 
 
 def test_suffix_segment_choice():
     """``suffix_segment=None`` picks the positions a thread holds in the compiled kernels' layout (one 16-byte load,
-    at most its share of the tile, at most what the row alignment allows), 0 below 2 positions; explicit values are
-    checked."""
+    at most its share of the tile, at most what the row alignment allows) for one-row tiles, 0 below 2 positions and
+    for multi-row tiles; explicit values are checked, multi-row tiles refused."""
     from vmamba.kernels.triton import selective_scan as scan
     assert ScanConfig(block_d=1, block_l=128).suffix_segment == 0  # Triton's reverse scan until timed on a GPU
     config = ScanConfig(block_d=1, block_l=128, num_warps=1, suffix_segment=None)
@@ -358,9 +358,11 @@ def test_suffix_segment_choice():
         assert scan._suffix_segment(config, 1, 128, 16, 2) == 4  # VMamba stage 1 backward: 4 positions per thread
         assert scan._suffix_segment(config, 1, 512, 16, 2) == 8  # the forward's 512-wide tile: one 8 x fp16 load
         assert scan._suffix_segment(config, 1, 512, 16, 4) == 4
-        assert scan._suffix_segment(config, 2, 64, 4, 2) == 4
-        assert scan._suffix_segment(config, 2, 64, 1, 2) == 0  # rows without proven alignment
+        assert scan._suffix_segment(config, 1, 256, 4, 2) == 4  # rows 4-aligned (ALIGN hint)
+        assert scan._suffix_segment(config, 1, 128, 1, 2) == 0  # rows without proven alignment
         assert scan._suffix_segment(config, 1, 32, 16, 2) == 0  # one position per thread
+        assert scan._suffix_segment(config, 2, 64, 16, 2) == 0  # two channels per tile
+        assert scan._suffix_segment(config, 16, 16, 16, 2) == 0  # N = 16
         assert scan._suffix_segment(ScanConfig(1, 128, 1, suffix_segment=0), 1, 128, 16, 2) == 0
     finally:
         scan.interpreting = interpreting
@@ -368,6 +370,12 @@ def test_suffix_segment_choice():
         scan._suffix_segment(ScanConfig(1, 16, 1, suffix_segment=3), 1, 16, 16, 2)
     with pytest.raises(ValueError, match='suffix_segment'):
         scan._suffix_segment(ScanConfig(1, 16, 1, suffix_segment=32), 1, 16, 16, 2)
+    with pytest.raises(ValueError, match='one-row tile'):
+        scan._suffix_segment(ScanConfig(2, 16, 1, suffix_segment=4), 2, 16, 16, 2)
+    inputs, _ = make_inputs(1, 4, 20, 4, 2)
+    with pytest.raises(ValueError, match='one-row tile'):  # N = 4 through the public launcher
+        selective_scan_fwd(*[inputs[k] for k in GRAD_NAMES], True, (True, False), 3, torch.float32,
+                           config=ScanConfig(block_d=1, block_l=8, num_warps=1, suffix_segment=4))
 
 
 @pytest.mark.parametrize('channels, config, local_window, num_states', [
@@ -485,13 +493,11 @@ def test_real_sizes_gpu(name, shape, kwargs, dtype, rel_tol):
 @pytest.mark.parametrize('name, shape, block_l, kwargs', [
     ('vmamba_stage1', (2, 384, 3136, 1, 4), 128, dict(reverse=(False, False, True, True), z=False)),
     ('vmamba_stage1_fwd512', (2, 384, 3136, 1, 4), 512, dict(reverse=(False, False, True, True), z=False)),
-    ('vmamba_stage3', (2, 1536, 196, 1, 4), 64, dict(reverse=(False, False, True, True), z=False)),
-    ('lb_w16_long', (1, 64, 1030, 16, 2), 16, dict(reverse=(False, True), local_window=16)),
+    ('lb_w16_n1', (1, 64, 1024, 1, 2), 128, dict(reverse=(False, True), local_window=16)),
 ])
 def test_suffix_scan_segments_real_sizes_gpu(name, shape, block_l, kwargs, dtype, rel_tol):
     """The compiled segmented suffix scans (``suffix_segment=None``: the positions each thread holds) at real sizes,
     forward and backward, against the reference."""
-    config = ScanConfig(block_d=2 if name == 'vmamba_stage3' else 1, block_l=block_l, num_warps=1,
-                        suffix_segment=None)
+    config = ScanConfig(block_d=1, block_l=block_l, num_warps=1, suffix_segment=None)
     out_dtype = torch.float32 if name.startswith('vmamba') else dtype
     run_case(*shape, dtype=dtype, out_dtype=out_dtype, rel_tol=rel_tol, config=config, **kwargs)

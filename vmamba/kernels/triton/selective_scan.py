@@ -123,6 +123,30 @@ def _suffix_scan_segments(decay, value, carry, ROWS: tl.constexpr, BLOCK_L: tl.c
 
 
 @triton.jit
+def _neighbour_lanes(t, fill, TOWARD_HIGHER: tl.constexpr, ROWS: tl.constexpr, BLOCK_L: tl.constexpr,
+                     SEGMENT: tl.constexpr):
+    """t[:, i + 1] (TOWARD_HIGHER) or t[:, i - 1] at lane i of a (ROWS, BLOCK_L) tile, ``fill`` past the tile's
+    ends: inside a segment of SEGMENT positions the neighbour is in the same thread (register renaming, as in
+    :func:`_suffix_scan_segments`); the lane that crosses into the next / previous segment takes one indexed
+    shuffle."""
+    WIDTH: tl.constexpr = BLOCK_L // SEGMENT
+    parts = _split_positions(t, ROWS, WIDTH, SEGMENT)
+    seg = tl.arange(0, WIDTH)[None, :] + tl.zeros([ROWS, WIDTH], dtype=tl.int32)
+    if TOWARD_HIGHER:
+        out = ()
+        for k in tl.static_range(SEGMENT - 1):
+            out = out + (parts[k + 1],)
+        cross = tl.gather(parts[0], tl.minimum(seg + 1, WIDTH - 1), 1)
+        out = out + (tl.where(seg + 1 < WIDTH, cross, fill),)
+    else:
+        cross = tl.gather(parts[SEGMENT - 1], tl.maximum(seg - 1, 0), 1)
+        out = (tl.where(seg > 0, cross, fill),)
+        for k in tl.static_range(1, SEGMENT):
+            out = out + (parts[k - 1],)
+    return _join_positions(out, ROWS, WIDTH, SEGMENT)
+
+
+@triton.jit
 def _carried_scan(decay, value, carry, REVERSE_LANES: tl.constexpr, ROWS: tl.constexpr, BLOCK_L: tl.constexpr,
                   SEGMENT: tl.constexpr):
     """The linear recurrence r = decay * r_prev + value along the lanes of (ROWS, BLOCK_L) tiles, entered with
@@ -801,12 +825,17 @@ def _bwd_chunked_program(
             g = dy * Cv  # (ROWS, L): dL/dh_t through y_t only; 0 on masked lanes
 
             # Adjoint of the global forward scan: adj_t = g_t + a_{next} adj_{next}, backwards in scan order.
-            lane_next = lane + step
-            pos_next = pos + step
-            mask_next = (lane_next >= 0) & (lane_next < CHUNK) & (pos_next >= 0) & (pos_next < length)
-            dt_next, _ = _load_dt(delta_ptr, seq_row[:, None] + pos_next[None, :], mask_d[:, None] & mask_next[None, :],
-                                  delta_bias, HAS_DELTA_BIAS, DELTA_SOFTPLUS)
-            decay_next = tl.exp2(dt_next * A2)  # 1 where the next step is outside the chunk
+            # a_{next}: 1 where the next step is outside the chunk (the carry crosses chunks) or the sequence.
+            if SEGMENT > 0:  # the chunk's decays moved by one lane (dt is 0, so the decay 1, on masked lanes)
+                decay_next = _neighbour_lanes(decay, 1.0, not REVERSE, ROWS, BLOCK_L, SEGMENT)
+            else:  # reloaded one step ahead
+                lane_next = lane + step
+                pos_next = pos + step
+                mask_next = (lane_next >= 0) & (lane_next < CHUNK) & (pos_next >= 0) & (pos_next < length)
+                dt_next, _ = _load_dt(delta_ptr, seq_row[:, None] + pos_next[None, :],
+                                      mask_d[:, None] & mask_next[None, :], delta_bias, HAS_DELTA_BIAS,
+                                      DELTA_SOFTPLUS)
+                decay_next = tl.exp2(dt_next * A2)
             adj_left = _carried_scan(decay_next, g, adj_carry, not REVERSE, ROWS, BLOCK_L, SEGMENT)
             adj_carry = tl.sum(tl.where(lane[None, :] == first_lane, decay * adj_left, 0.0), axis=1)
 
@@ -1151,20 +1180,24 @@ def _suffix_segment(config: ScanConfig, rows: int, block_l: int, aligned: int, e
     """SEGMENT of the chunked kernels: ``config.suffix_segment`` if set, else the consecutive positions of a row that
     each thread holds, which is what :func:`_suffix_scan_segments` needs to split its tiles without moving data:
     Triton gives a thread one vectorised load's worth (16 bytes of the input dtype, at most ``aligned`` positions, the
-    alignment it can prove for the rows) or its share of the (rows, block_l) tile if smaller. Below 2 positions per
-    thread: 0 (Triton's reverse scan; segments of one position take an indexed shuffle per tile register and
-    round, 96 for a (2, 64) pair against Triton's 90, sm_90 SASS). Under the interpreter: 4 positions (layouts do
-    not exist there). 0 where Triton has no ``tl.gather`` (before 3.3)."""
+    alignment it can prove for the rows) or its share of the tile if smaller. Segments need a one-row tile (N = 1,
+    ``block_d`` 1: Triton 3.6's layout pass fails on the segmented scans of (2, 64) and (16, 16) tiles, sm_90) and
+    a thread holding at least 2 positions (segments of one position take an indexed shuffle per tile register and
+    round: 96 for a (2, 64) pair against Triton's 90); otherwise, and without ``tl.gather`` (Triton < 3.3), 0:
+    Triton's reverse scan. Under the interpreter (no layouts): 4 positions for one-row tiles."""
     if config.suffix_segment is not None:
         segment = config.suffix_segment
         if segment < 0 or (segment & (segment - 1)) or segment > block_l:
             raise ValueError(f'suffix_segment must be 0 or a power of two <= block_l ({block_l}), got {segment}')
+        if segment and rows > 1:
+            raise ValueError(f'suffix_segment={segment} needs a one-row tile (N == 1 and block_d == 1), got {rows} '
+                             f'rows (Triton 3.6 fails to compile segmented scans of multi-row tiles)')
         return segment
-    if not hasattr(tl, 'gather'):
+    if rows > 1 or not hasattr(tl, 'gather'):
         return 0
     if interpreting():
         return min(4, block_l)
-    per_thread = max(1, rows * block_l // (32 * config.num_warps))
+    per_thread = max(1, block_l // (32 * config.num_warps))
     segment = min(aligned, 16 // element_size, per_thread, block_l)
     segment = 1 << (segment.bit_length() - 1)  # a power of two
     return segment if segment >= 2 else 0
