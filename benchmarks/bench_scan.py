@@ -98,9 +98,13 @@ OFFICIAL_FWD_MS['vmamba_t_stage1_forward_only'] = OFFICIAL_FWD_MS['vmamba_t_stag
 
 SWEEP = {  # (block_d, block_l, num_warps, channel_blocks); Vim (N=16) runs the step kernels: block_d channels,
     # block_l positions per unrolled block
-    ('vmamba_t_stage1', 'fwd'): [(1, 512, 1, 1), (1, 256, 1, 1), (1, 128, 1, 1), (1, 64, 1, 1), (1, 512, 2, 1)],
+    # (..., suffix_segment): None = segmented suffix scans (v17, opt-in), the default 0 = Triton's reverse scan
+    ('vmamba_t_stage1', 'fwd'): [(1, 512, 1, 1), (1, 256, 1, 1), (1, 128, 1, 1), (1, 64, 1, 1), (1, 512, 2, 1),
+                                 (1, 512, 1, 1, None, True, False, None), (1, 256, 1, 1, None, True, False, None),
+                                 (1, 128, 1, 1, None, True, False, None)],
     ('vim_s', 'fwd'): [(16, 8, 1, 1), (16, 4, 1, 1), (16, 16, 1, 1), (8, 8, 1, 1), (32, 4, 1, 1), (32, 8, 1, 1)],
-    ('vmamba_t_stage1', 'bwd'): [(1, 128, 1, 1), (1, 64, 1, 1), (1, 256, 1, 1)],
+    ('vmamba_t_stage1', 'bwd'): [(1, 128, 1, 1), (1, 64, 1, 1), (1, 256, 1, 1), (1, 128, 1, 1, None, True, False, None),
+                                 (1, 256, 1, 1, None, True, False, None), (1, 64, 1, 1, None, True, False, None)],
     ('vmamba_t_stage3', 'fwd'): [(1, 256, 1, 1), (1, 128, 1, 1), (1, 64, 1, 1)],
     ('vmamba_t_stage3', 'bwd'): [(1, 128, 1, 1), (1, 256, 1, 1), (1, 64, 1, 1), (1, 256, 2, 1), (2, 64, 1, 1)],
     ('vmamba_t_stage3_l208', 'bwd'): [(1, 128, 1, 1), (1, 256, 1, 1), (1, 64, 1, 1), (1, 256, 2, 1)],
@@ -361,7 +365,8 @@ def sweep(time_budget_s, cases=None, kinds=('fwd', 'bwd')):
                 continue
             timings.append((ms, cfg))
             print(f'  {name}/{kind} d={block_d:3d} l={block_l:5d} w={warps} cb={channel_blocks} '
-                  f'regs<={cfg.max_registers} clamp={cfg.clamp_loads} lanes={cfg.lane_states}: {ms:.4f} ms',
+                  f'regs<={cfg.max_registers} clamp={cfg.clamp_loads} lanes={cfg.lane_states} '
+                  f'segment={cfg.suffix_segment}: {ms:.4f} ms',
                   flush=True)
         if kind == 'bwd' and case['num_states'] == 1:
             # The backward's forward pre-pass (chunk-start states) alone, at the default backward chunk.
