@@ -162,6 +162,17 @@ def _carried_scan(decay, value, carry, REVERSE_LANES: tl.constexpr, ROWS: tl.con
 
 
 @triton.jit
+def _uncarried_scan(decay, value, REVERSE_LANES: tl.constexpr, ROWS: tl.constexpr, BLOCK_L: tl.constexpr,
+                    SEGMENT: tl.constexpr):
+    """:func:`_carried_scan` entered with a zero state (the LB window recursions)."""
+    if REVERSE_LANES and SEGMENT > 0:
+        return _suffix_scan_segments(decay, value, tl.zeros([ROWS], dtype=tl.float32), ROWS, BLOCK_L, SEGMENT)
+    else:
+        _, value_cum = tl.associative_scan((decay, value), 1, _linear_recurrence_combine, reverse=REVERSE_LANES)
+        return value_cum
+
+
+@triton.jit
 def _log1p_unit(e):
     """log(1 + e) for e in [0, 1], as e * P(e): P is a degree-8 fit of log1p(e) / e, relative error <= 2.1e-7
     evaluated in fp32 (8 FMAs, where an accurate log and Kahan's division took ~50 instructions)."""
@@ -324,8 +335,7 @@ def _fwd_chunked_program(
                     scan_index = pos
                 window_end = (scan_index % LOCAL_WINDOW) == (LOCAL_WINDOW - 1)
                 decay_local = tl.where(window_end[None, :], 0.0, decay)
-                h_right = _carried_scan(decay_local, x, tl.zeros([ROWS], dtype=tl.float32), not REVERSE, ROWS,
-                                        BLOCK_L, SEGMENT)
+                h_right = _uncarried_scan(decay_local, x, not REVERSE, ROWS, BLOCK_L, SEGMENT)
                 h = h_left + h_right - x
             else:
                 h = h_left
@@ -797,8 +807,7 @@ def _bwd_chunked_program(
                     scan_index = pos
                 window_pos = scan_index % LOCAL_WINDOW
                 decay_local = tl.where((window_pos == LOCAL_WINDOW - 1)[None, :], 0.0, decay)
-                h_right = _carried_scan(decay_local, x, tl.zeros([ROWS], dtype=tl.float32), not REVERSE, ROWS,
-                                        BLOCK_L, SEGMENT)
+                h_right = _uncarried_scan(decay_local, x, not REVERSE, ROWS, BLOCK_L, SEGMENT)
                 h = h_left + h_right - x
             else:
                 h = h_left
@@ -849,8 +858,7 @@ def _bwd_chunked_program(
                                       mask_d[:, None] & mask_prev[None, :], delta_bias, HAS_DELTA_BIAS,
                                       DELTA_SOFTPLUS)
                 decay_prev = tl.where(mask_prev[None, :], tl.exp2(dt_prev * A2), 0.0)
-                adj_right = _carried_scan(decay_prev, g, tl.zeros([ROWS], dtype=tl.float32), REVERSE, ROWS,
-                                          BLOCK_L, SEGMENT)
+                adj_right = _uncarried_scan(decay_prev, g, REVERSE, ROWS, BLOCK_L, SEGMENT)
                 dx = adj_left + adj_right - g
                 # dL/d(dt A): adjoint * (state - input) (= decay * previous state), summed over both recursions.
                 d_log_decay = adj_left * (h_left - x) + adj_right * (h_right - x)
