@@ -346,9 +346,9 @@ def test_suffix_scan_segments(config, local_window):
 
 
 def test_suffix_segment_choice():
-    """``suffix_segment=None`` picks the positions a thread holds in the compiled kernels' layout (one 16-byte load,
-    at most its share of the tile, at most what the row alignment allows) for one-row tiles, 0 below 2 positions and
-    for multi-row tiles; explicit values are checked, multi-row tiles refused."""
+    """``suffix_segment=None`` picks the positions a thread holds in the compiled kernels' layout (its share of a
+    one-row tile, when the rows load as vectors), 0 for scalar loads, below 2 positions and for multi-row tiles;
+    explicit values are checked, multi-row tiles refused."""
     from vmamba.kernels.triton import selective_scan as scan
     assert ScanConfig(block_d=1, block_l=128).suffix_segment == 0  # Triton's reverse scan until timed on a GPU
     config = ScanConfig(block_d=1, block_l=128, num_warps=1, suffix_segment=None)
@@ -356,9 +356,10 @@ def test_suffix_segment_choice():
     try:
         scan.interpreting = lambda: False
         assert scan._suffix_segment(config, 1, 128, 16, 2) == 4  # VMamba stage 1 backward: 4 positions per thread
-        assert scan._suffix_segment(config, 1, 512, 16, 2) == 8  # the forward's 512-wide tile: one 8 x fp16 load
-        assert scan._suffix_segment(config, 1, 512, 16, 4) == 4
-        assert scan._suffix_segment(config, 1, 256, 4, 2) == 4  # rows 4-aligned (ALIGN hint)
+        assert scan._suffix_segment(config, 1, 512, 16, 2) == 16  # the forward's 512-wide tile: 2 x 8 fp16 loads
+        assert scan._suffix_segment(config, 1, 512, 16, 4) == 16
+        assert scan._suffix_segment(config, 1, 256, 4, 2) == 8  # rows 4-aligned (ALIGN hint): 2 x 4 fp16 loads
+        assert scan._suffix_segment(ScanConfig(1, 256, 2, suffix_segment=None), 1, 256, 16, 2) == 4  # 2 warps
         assert scan._suffix_segment(config, 1, 128, 1, 2) == 0  # rows without proven alignment
         assert scan._suffix_segment(config, 1, 32, 16, 2) == 0  # one position per thread
         assert scan._suffix_segment(config, 2, 64, 16, 2) == 0  # two channels per tile

@@ -1185,14 +1185,15 @@ def _resolve(config: ScanConfig, num_states: int, local_window: int, length: int
 
 
 def _suffix_segment(config: ScanConfig, rows: int, block_l: int, aligned: int, element_size: int) -> int:
-    """SEGMENT of the chunked kernels: ``config.suffix_segment`` if set, else the consecutive positions of a row that
-    each thread holds, which is what :func:`_suffix_scan_segments` needs to split its tiles without moving data:
-    Triton gives a thread one vectorised load's worth (16 bytes of the input dtype, at most ``aligned`` positions, the
-    alignment it can prove for the rows) or its share of the tile if smaller. Segments need a one-row tile (N = 1,
-    ``block_d`` 1: Triton 3.6's layout pass fails on the segmented scans of (2, 64) and (16, 16) tiles, sm_90) and
-    a thread holding at least 2 positions (segments of one position take an indexed shuffle per tile register and
-    round: 96 for a (2, 64) pair against Triton's 90); otherwise, and without ``tl.gather`` (Triton < 3.3), 0:
-    Triton's reverse scan. Under the interpreter (no layouts): 4 positions for one-row tiles."""
+    """SEGMENT of the chunked kernels: ``config.suffix_segment`` if set, else the positions of the tile that each
+    thread holds when the rows load as vectors (Triton can prove ``aligned`` >= 2 positions of alignment): one
+    16-byte load's worth, or several (the 512-position tile holds 2 x 8 fp16 per thread: the reversed forward
+    program took 1,048 instructions with segments of 16, 1,200 with segments of 8 and with Triton's reverse scan).
+    Segments need a one-row tile (N = 1, ``block_d`` 1: Triton 3.6's layout pass fails on the segmented scans of
+    (2, 64) and (16, 16) tiles, sm_90) and a thread holding at least 2 positions (segments of one position take an
+    indexed shuffle per tile register and round: 96 for a (2, 64) pair against Triton's 90); otherwise, and without
+    ``tl.gather`` (Triton < 3.3), 0: Triton's reverse scan. Under the interpreter (no layouts): 4 positions for
+    one-row tiles."""
     if config.suffix_segment is not None:
         segment = config.suffix_segment
         if segment < 0 or (segment & (segment - 1)) or segment > block_l:
@@ -1205,8 +1206,9 @@ def _suffix_segment(config: ScanConfig, rows: int, block_l: int, aligned: int, e
         return 0
     if interpreting():
         return min(4, block_l)
-    per_thread = max(1, block_l // (32 * config.num_warps))
-    segment = min(aligned, 16 // element_size, per_thread, block_l)
+    if min(aligned, 16 // element_size) < 2:  # scalar loads: one position per thread and register
+        return 0
+    segment = min(max(1, block_l // (32 * config.num_warps)), block_l)
     segment = 1 << (segment.bit_length() - 1)  # a power of two
     return segment if segment >= 2 else 0
 
