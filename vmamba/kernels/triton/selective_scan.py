@@ -49,7 +49,9 @@ def _linear_recurrence_combine(decay_first, value_first, decay_second, value_sec
 def _split_positions(t, ROWS: tl.constexpr, WIDTH: tl.constexpr, SEGMENT: tl.constexpr):
     """(ROWS, WIDTH * SEGMENT) tile -> tuple of SEGMENT (ROWS, WIDTH) tiles, entry ``k`` holding positions
     ``s * SEGMENT + k`` (s < WIDTH). When each thread holds SEGMENT consecutive positions of a row (the layout of the
-    chunked kernels' vectorised loads), this only renames registers (repeated ``tl.split``)."""
+    chunked kernels' vectorised loads), this only renames registers (repeated ``tl.split``); otherwise Triton
+    converts the layout (the 512-position tile holds 2 x 8 positions per thread: segments of 16 still compiled to
+    fewer instructions than segments of 8)."""
     if SEGMENT == 1:
         return (t,)
     else:
