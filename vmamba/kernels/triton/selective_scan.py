@@ -542,17 +542,12 @@ def _selective_scan_fwd_step_kernel(
 @triton.jit
 def _scalars(v, COUNT: tl.constexpr):
     """A (COUNT,) vector that every thread holds whole -> a tuple of COUNT fp32 scalars, by register renaming
-    (repeated ``tl.split``; no data moves)."""
-    if COUNT == 1:
-        return (tl.reshape(v, ()).to(tl.float32),)
-    else:
-        even, odd = tl.split(tl.reshape(v, (COUNT // 2, 2)))
-        evens = _scalars(even, COUNT // 2)
-        odds = _scalars(odd, COUNT // 2)
-        out = ()
-        for k in tl.static_range(COUNT // 2):
-            out = out + (evens[k], odds[k])
-        return out
+    (:func:`_split_positions` of the vector as one row; no data moves)."""
+    parts = _split_positions(tl.reshape(v, (1, COUNT)), 1, 1, COUNT)
+    out = ()
+    for k in tl.static_range(COUNT):
+        out = out + (tl.reshape(parts[k], ()).to(tl.float32),)
+    return out
 
 
 @triton.jit
