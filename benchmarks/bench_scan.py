@@ -178,17 +178,18 @@ def rel_rms(actual, expected):
     return ((actual.double() - expected.double()).norm() / expected.double().norm().clamp_min(1e-30)).item()
 
 
-def check_case(name, case, batch, local_window=0):
-    """Relative-RMS errors of Triton vs the fp32 reference at a real size (reduced batch)."""
+def check_case(name, case, batch, local_window=0, fwd_config=None, bwd_config=None):
+    """Relative-RMS errors of Triton (default tiles, or the given configs) vs the fp32 reference at a real size
+    (reduced batch)."""
     case = dict(case, batch=batch)
     inputs = make_inputs(case['batch'], case['channels'], case['length'], case['num_states'], case['groups'],
                          case['z'], case['dtype'], seed=1, token_major=case.get('token_major', False))
     args = [inputs[k] for k in GRAD_NAMES]
     rev = case['reverse']
-    out, last = selective_scan_fwd(*args, True, rev, local_window, case['out_dtype'])
+    out, last = selective_scan_fwd(*args, True, rev, local_window, case['out_dtype'], config=fwd_config)
     grad_out = torch.randn_like(out)
     grad_last = torch.randn_like(last)
-    grads = selective_scan_bwd(grad_out, grad_last, *args, True, rev, local_window)
+    grads = selective_scan_bwd(grad_out, grad_last, *args, True, rev, local_window, config=bwd_config)
     leaves = {k: (v.float().clone().requires_grad_(True) if v is not None else None) for k, v in inputs.items()}
     ref_out, ref_last = selective_scan_ref(
         leaves['u'], leaves['delta'], leaves['A'], leaves['B'], leaves['C'], D=leaves['D'], z=leaves['z'],

@@ -50,28 +50,6 @@ def variants(case):
     return out
 
 
-def check(case, fwd_config, bwd_config):
-    """Worst relative-RMS error of out and every gradient vs the fp32 reference, batch 2."""
-    small = dict(case, batch=2)
-    inputs = bench_scan.make_inputs(2, small['channels'], small['length'], small['num_states'], small['groups'],
-                                    small['z'], small['dtype'], seed=1)
-    args = [inputs[k] for k in GRAD_NAMES]
-    rev = small['reverse']
-    out, last = scan.selective_scan_fwd(*args, True, rev, 0, small['out_dtype'], config=fwd_config)
-    grad_out = torch.randn_like(out)
-    grads = scan.selective_scan_bwd(grad_out, None, *args, True, rev, 0, config=bwd_config)
-    leaves = {k: (v.float().clone().requires_grad_(True) if v is not None else None) for k, v in inputs.items()}
-    ref_out = bench_scan.selective_scan_ref(
-        leaves['u'], leaves['delta'], leaves['A'], leaves['B'], leaves['C'], D=leaves['D'], z=leaves['z'],
-        delta_bias=leaves['delta_bias'], delta_softplus=True, reverse=rev, out_dtype=torch.float32)
-    (ref_out * grad_out.float()).sum().backward()
-    errors = {'out': bench_scan.rel_rms(out, ref_out)}
-    for k, g in zip(GRAD_NAMES, grads):
-        if g is not None:
-            errors['d' + k] = bench_scan.rel_rms(g, leaves[k].grad)
-    return max(errors.values())
-
-
 def time_variant(case, inputs, grad_out, fwd_config, bwd_config):
     args = [inputs[k] for k in GRAD_NAMES]
     rev, out_dtype = case['reverse'], case['out_dtype']
@@ -115,10 +93,9 @@ def main():
         grad_out = torch.randn_like(out)
         results = {}
         for label, fwd_config, bwd_config in variants(case):
-            worst = check(case, fwd_config, bwd_config)
-            print(f'  {case_name} {label}: worst rel-RMS error vs reference {worst:.1e} '
-                  f'({"PASS" if worst <= 1e-2 else "FAIL"})', flush=True)
-            results[label] = dict(error=worst, runs=[])
+            checked = bench_scan.check_case(f'{case_name} {label}', case, 2, fwd_config=fwd_config,
+                                            bwd_config=bwd_config)
+            results[label] = dict(error=max(checked['errors'].values()), runs=[])
         for r in range(opts.rounds):
             for label, fwd_config, bwd_config in variants(case):
                 timing = time_variant(case, inputs, grad_out, fwd_config, bwd_config)
