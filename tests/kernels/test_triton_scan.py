@@ -345,28 +345,25 @@ def test_suffix_scan_segments(config, local_window):
     run_case(2, 4, 45, 1, 2, reverse=(True, False), local_window=local_window, config=config)
 
 
-def test_suffix_segment_choice():
+def test_suffix_segment_choice(monkeypatch):
     """``suffix_segment=None`` picks the positions a thread holds in the compiled kernels' layout (its share of a
     one-row tile, when the rows load as vectors), 0 for scalar loads, below 2 positions and for multi-row tiles;
     explicit values are checked, multi-row tiles refused."""
     from vmamba.kernels.triton import selective_scan as scan
     assert ScanConfig(block_d=1, block_l=128).suffix_segment == 0  # Triton's reverse scan until timed on a GPU
     config = ScanConfig(block_d=1, block_l=128, num_warps=1, suffix_segment=None)
-    interpreting = scan.interpreting
-    try:
-        scan.interpreting = lambda: False
-        assert scan._suffix_segment(config, 1, 128, 16, 2) == 4  # VMamba stage 1 backward: 4 positions per thread
-        assert scan._suffix_segment(config, 1, 512, 16, 2) == 16  # the forward's 512-wide tile: 2 x 8 fp16 loads
-        assert scan._suffix_segment(config, 1, 512, 16, 4) == 16
-        assert scan._suffix_segment(config, 1, 256, 4, 2) == 8  # rows 4-aligned (ALIGN hint): 2 x 4 fp16 loads
-        assert scan._suffix_segment(ScanConfig(1, 256, 2, suffix_segment=None), 1, 256, 16, 2) == 4  # 2 warps
-        assert scan._suffix_segment(config, 1, 128, 1, 2) == 0  # rows without proven alignment
-        assert scan._suffix_segment(config, 1, 32, 16, 2) == 0  # one position per thread
-        assert scan._suffix_segment(config, 2, 64, 16, 2) == 0  # two channels per tile
-        assert scan._suffix_segment(config, 16, 16, 16, 2) == 0  # N = 16
-        assert scan._suffix_segment(ScanConfig(1, 128, 1, suffix_segment=0), 1, 128, 16, 2) == 0
-    finally:
-        scan.interpreting = interpreting
+    monkeypatch.setattr(scan, 'interpreting', lambda: False)  # the compiled kernels' choice
+    assert scan._suffix_segment(config, 1, 128, 16, 2) == 4  # VMamba stage 1 backward: 4 positions per thread
+    assert scan._suffix_segment(config, 1, 512, 16, 2) == 16  # the forward's 512-wide tile: 2 x 8 fp16 loads
+    assert scan._suffix_segment(config, 1, 512, 16, 4) == 16
+    assert scan._suffix_segment(config, 1, 256, 4, 2) == 8  # rows 4-aligned (ALIGN hint): 2 x 4 fp16 loads
+    assert scan._suffix_segment(ScanConfig(1, 256, 2, suffix_segment=None), 1, 256, 16, 2) == 4  # 2 warps
+    assert scan._suffix_segment(config, 1, 128, 1, 2) == 0  # rows without proven alignment
+    assert scan._suffix_segment(config, 1, 32, 16, 2) == 0  # one position per thread
+    assert scan._suffix_segment(config, 2, 64, 16, 2) == 0  # two channels per tile
+    assert scan._suffix_segment(config, 16, 16, 16, 2) == 0  # N = 16
+    assert scan._suffix_segment(ScanConfig(1, 128, 1, suffix_segment=0), 1, 128, 16, 2) == 0
+    monkeypatch.undo()
     with pytest.raises(ValueError, match='suffix_segment'):
         scan._suffix_segment(ScanConfig(1, 16, 1, suffix_segment=3), 1, 16, 16, 2)
     with pytest.raises(ValueError, match='suffix_segment'):
