@@ -23,12 +23,13 @@ autograd through this function is exact enough for ``torch.autograd.gradcheck``.
 from __future__ import annotations
 
 import math
+import threading
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ['selective_scan_ref', 'normalize_reverse']
+__all__ = ['selective_scan_ref', 'normalize_reverse', 'release_workspace']
 
 def normalize_reverse(reverse: Union[bool, Sequence[bool]], num_groups: int) -> Tuple[bool, ...]:
     """Turn ``reverse`` (a bool, or one bool per B/C group) into a tuple of ``num_groups`` bools."""
@@ -42,90 +43,141 @@ def normalize_reverse(reverse: Union[bool, Sequence[bool]], num_groups: int) -> 
     return reverse
 
 
-def _chunk_length(length: int) -> int:
-    """Chunk length T ~ sqrt(L): the scan runs T in-chunk steps plus L/T carry steps, all vectorised."""
-    return max(1, min(64, math.ceil(math.sqrt(length))))
+def _chunk_length(length: int, local_window: int) -> int:
+    """Chunk length T ~ sqrt(L) (the scan runs T in-chunk steps plus L/T carry steps, all vectorised), a multiple
+    of the LB window so that windows never straddle chunks."""
+    chunk = max(1, min(64, math.ceil(math.sqrt(length))))
+    if local_window > 1:
+        chunk = local_window * max(1, round(chunk / local_window))
+    return chunk
 
 
-def _pad_last(t: torch.Tensor, length: int, value: float) -> torch.Tensor:
-    pad = length - t.shape[-1]
-    return F.pad(t, (0, pad), value=value) if pad else t
+def _to_chunks(x: torch.Tensor, reverse: Tuple[bool, ...], num_chunks: int, chunk: int,
+               dtype: torch.dtype) -> torch.Tensor:
+    """(batch, G, F, L) in any memory order -> (T, num_chunks, batch, G, F) contiguous in ``dtype``, in scan order
+    (a reversed group from its end), zero-padded to num_chunks * T steps. Step t of chunk k is scan position
+    k * T + t; each (t, k, batch, group) row of F values is contiguous, as in token-major activations."""
+    batch, groups, features, length = x.shape
+    full = (num_chunks - 1) * chunk
+    rest = length - full
+    out = x.new_empty((chunk, num_chunks, batch, groups, features), dtype=dtype)
+    for g in range(groups):
+        piece = x[:, g].flip(-1) if reverse[g] else x[:, g]  # (batch, F, L) in scan order
+        out[:, :-1, :, g].copy_(piece[..., :full].unflatten(-1, (num_chunks - 1, chunk)).permute(3, 2, 0, 1))
+        out[:rest, -1, :, g].copy_(piece[..., full:].permute(2, 0, 1))
+    if rest < chunk:
+        out[rest:, -1].zero_()
+    return out
 
 
-def _to_chunks(t: torch.Tensor, num_chunks: int, chunk: int) -> torch.Tensor:
-    """(..., L) -> (T, ..., num_chunks), zero-padded to num_chunks * T steps (contiguous)."""
-    return _pad_last(t, num_chunks * chunk, 0.0).unflatten(-1, (num_chunks, chunk)).movedim(-1, 0).contiguous()
-
-
-def _from_chunks(t: torch.Tensor, length: int) -> torch.Tensor:
-    """(T, ..., num_chunks) -> (..., L)."""
-    return t.movedim(0, -1).flatten(-2)[..., :length]
+def _from_chunks(y: torch.Tensor, reverse: Tuple[bool, ...], out: torch.Tensor) -> torch.Tensor:
+    """Write y: (T, num_chunks, batch, G, F) in scan order into out: (batch, G * F, L) in input order (any memory
+    order); returns out."""
+    chunk, num_chunks, batch, groups, features = y.shape
+    full = (num_chunks - 1) * chunk
+    for g in range(groups):
+        dest = out[:, g * features:(g + 1) * features]  # (batch, F, L)
+        target = torch.empty_like(dest) if reverse[g] else dest
+        target[..., :full].unflatten(-1, (num_chunks - 1, chunk)).copy_(y[:, :-1, :, g].permute(2, 3, 1, 0))
+        target[..., full:].copy_(y[:target.shape[-1] - full, -1, :, g].permute(1, 2, 0))
+        if reverse[g]:
+            dest.copy_(target.flip(-1))
+    return out
 
 
 def _linear_recurrence(decay: torch.Tensor, inputs: torch.Tensor,
                        in_place: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
     """h_t = decay_t * h_{t-1} + inputs_t over chunked sequences, h_{-1} = 0, in O(L) work.
 
-    Step t of chunk k is ``[t, ..., k]``. A T-step loop scans all chunks at once from a zero state, a second loop
-    over the chunks carries the state, and ``h = h_local + prefix_decay * carry_in`` fixes up every step. Only
-    products of decays are formed (no division), so it is stable for any decay. Padding steps (decay 1, input 0)
-    keep the state, so the final carry is the state after the last real step.
+    Step t of chunk k is ``[t, k]``. A T-step loop scans all chunks at once from a zero state, a loop over the
+    chunks carries the state, and ``h = h_local + prefix_decay * carry_in`` fixes up every step. Only products of
+    decays are formed (no division), so it is stable for any decay. Padding steps (decay 1, input 0) keep the
+    state, so the final carry is the state after the last real step.
 
     Args:
-        decay, inputs: (T, ..., num_chunks) contiguous.
+        decay, inputs: (T, num_chunks, ...) contiguous; every step is one contiguous slice.
         in_place: (no autograd only) overwrite ``decay`` with its prefix products and ``inputs`` with ``h`` instead
             of allocating new tensors.
     Returns:
-        h (T, ..., num_chunks) and the final state (...).
+        h (T, num_chunks, ...) and the final state (...).
     """
-    chunk, num_chunks = decay.shape[0], decay.shape[-1]
-    # In-chunk scan and prefix products of the decays (a loop: cumprod over dim 0 is 5x slower on the CPU). Every
-    # step reads contiguous slices; without autograd the steps write straight into the output (no stack copies).
+    chunk, num_chunks = decay.shape[0], decay.shape[1]
+    # In-chunk scan and prefix products of the decays (a loop: cumprod over dim 0 is 5x slower on the CPU); without
+    # autograd the steps write straight into the output (no stack copies).
     if torch.is_grad_enabled():
         local, prefix = [inputs[0]], [decay[0]]
         for t in range(1, chunk):
             local.append(torch.addcmul(inputs[t], decay[t], local[-1]))
             prefix.append(prefix[-1] * decay[t])
-        h_local, prefix_decay = torch.stack(local), torch.stack(prefix)  # (T, ..., num_chunks)
+        h_local, prefix_decay = torch.stack(local), torch.stack(prefix)
     else:
         h_local, prefix_decay = (inputs, decay) if in_place else (inputs.clone(), decay.clone())
         for t in range(1, chunk):
             h_local[t].addcmul_(decay[t], h_local[t - 1])
             prefix_decay[t].mul_(prefix_decay[t - 1])
-    carry = torch.zeros_like(h_local[0, ..., 0])
+    carry = torch.zeros_like(h_local[0, 0])
     carries = []
     for k in range(num_chunks):
         carries.append(carry)
-        carry = torch.addcmul(h_local[-1, ..., k], prefix_decay[-1, ..., k], carry)
-    carry_in = torch.stack(carries, dim=-1)  # (..., num_chunks)
+        carry = torch.addcmul(h_local[-1, k], prefix_decay[-1, k], carry)
+    carry_in = torch.stack(carries)  # (num_chunks, ...), broadcast over the T steps
     if torch.is_grad_enabled():
         return torch.addcmul(h_local, prefix_decay, carry_in), carry
     return h_local.addcmul_(prefix_decay, carry_in), carry
 
 
 def _local_backward_recurrence(decay: torch.Tensor, inputs: torch.Tensor, window: int) -> torch.Tensor:
-    """LBMamba's in-window backward recursion minus the diagonal: h^R_t - x_t for windows [kW, (k+1)W).
+    """LBMamba's in-window backward recursion minus the diagonal: h^R_t - x_t for windows [jW, (j+1)W).
 
-    h^R_t = decay_t * h^R_{t+1} + inputs_t inside each window, h^R = 0 past the window's last step.
+    h^R_t = decay_t * h^R_{t+1} + inputs_t inside each window, h^R = 0 past the window's last step. The chunk
+    length is a multiple of W, so every window lies inside one chunk and starts at a step t with t % W == 0.
     Args:
-        decay, inputs: (..., L).
+        decay, inputs: (T, num_chunks, ...).
     Returns:
-        (..., L).
+        (T, num_chunks, ...).
     """
-    length = decay.shape[-1]
-    num_windows = -(-length // window)
-    padded = num_windows * window
-    a = _pad_last(decay, padded, 1.0).unflatten(-1, (num_windows, window))
-    x = _pad_last(inputs, padded, 0.0).unflatten(-1, (num_windows, window))
-    acc = torch.zeros_like(x[..., 0])
-    extra = [acc]  # step W-1 receives nothing from its right inside the window
-    for t in range(window - 1, 0, -1):
-        acc = a[..., t - 1] * (x[..., t] + acc)  # a_{t-1} * h^R_t = h^R_{t-1} - x_{t-1}
+    acc = torch.zeros_like(inputs[0])
+    extra = [acc]  # the last step of a window receives nothing from its right
+    for t in range(decay.shape[0] - 1, 0, -1):
+        acc = torch.zeros_like(acc) if t % window == 0 else decay[t - 1] * (inputs[t] + acc)
         extra.append(acc)
-    return torch.stack(extra[::-1], dim=-1).flatten(-2)[..., :length]
+    return torch.stack(extra[::-1])
 
 
-def _scan_forward(
+class _Workspace(threading.local):
+    """Per-thread scratch buffers of the no-grad CPU scan. A fresh 20 MB tensor costs ~5 ms of page faults on the
+    CI's 2 cores, about as much as the arithmetic written into it; reusing two buffers makes Vim-S batch-1
+    inference 1.35x faster (benchmarks/results/cpu.md). Each holds at most ``WORKSPACE_BYTES``: larger batches are
+    scanned in slices (:func:`selective_scan_ref`)."""
+
+    def __init__(self):
+        self.buffers = {}
+
+
+_WORKSPACE = _Workspace()
+WORKSPACE_BYTES = 64 * 2 ** 20
+
+
+def release_workspace() -> None:
+    """Free the calling thread's scratch buffers of the no-grad CPU scan (at most 2 x ``WORKSPACE_BYTES`` per dtype)."""
+    _WORKSPACE.buffers.clear()
+
+
+def _scratch(slot: int, shape: Tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+    """An uninitialised (shape) tensor of ``like``'s dtype: a view of the thread's scratch buffer ``slot`` on the CPU
+    (outside torch.compile, up to ``WORKSPACE_BYTES``), a new tensor otherwise."""
+    numel = math.prod(shape)
+    if (like.device.type != 'cpu' or numel * like.element_size() > WORKSPACE_BYTES
+            or torch.compiler.is_compiling()):
+        return like.new_empty(shape)
+    key = (slot, like.dtype)
+    buffer = _WORKSPACE.buffers.get(key)
+    if buffer is None or buffer.numel() < numel:
+        buffer = _WORKSPACE.buffers[key] = torch.empty(numel, dtype=like.dtype)
+    return buffer[:numel].view(shape)
+
+
+def _scan_chunks(
         u: torch.Tensor,
         dt: torch.Tensor,
         A: torch.Tensor,
@@ -133,41 +185,37 @@ def _scan_forward(
         C: torch.Tensor,
         local_window: int,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Forward-in-time scan without the D / z terms.
+    """The scan without the D / z terms, in the chunked layout of :func:`_to_chunks`.
 
-    Works in the chunked layout (T, batch, ..., num_chunks) of :func:`_linear_recurrence`, built from the small
-    (batch, channels, L) and (batch, G, N, L) inputs; B and C are broadcast over the channels of their group (no
-    per-channel copies).
+    The states live in (T, num_chunks, batch, G, N, channels per group): every step's state grid is one contiguous
+    slice, the channels are innermost (long vectorised loops), and B / C / dt broadcast over the states or the
+    channels (no per-channel copies of B / C).
 
     Args:
-        u, dt: (batch, channels, L) in the compute dtype.
-        A: (channels, N).
-        B, C: (batch, G, N, L) in the compute dtype; channel c uses group c // (channels // G).
-        local_window: 0 (off) or the LB window length.
+        u, dt: (T, num_chunks, batch, G, P) in scan order (dt = 0 on padding steps: decay 1, input 0).
+        A: (G, N, P).
+        B, C: (T, num_chunks, batch, G, N).
+        local_window: 0 (off) or the LB window length; the chunk length is a multiple of it.
     Returns:
-        y: (batch, channels, L) = sum_n C_t h_t, and the final forward state (batch, channels, N).
+        y: (T, num_chunks, batch, G, P) = sum_n C_t h_t, and the final forward state (batch, G, N, P).
     """
-    batch, channels, length = u.shape
-    groups, num_states = B.shape[1], B.shape[2]
-    per_group = channels // groups
-    chunk = _chunk_length(length)
-    num_chunks = -(-length // chunk)
-    dt_ch = _to_chunks(dt, num_chunks, chunk)  # (T, b, c, k); padding dt = 0 -> decay 1, input 0
-    dtu_ch = _to_chunks(dt * u, num_chunks, chunk)
-    B_ch = _to_chunks(B, num_chunks, chunk)  # (T, b, g, n, k)
-    decay = torch.exp(dt_ch.unsqueeze(3) * A[None, None, :, :, None])  # (T, b, c, n, k)
-    grouped = (chunk, batch, groups, per_group, num_states, num_chunks)
-    inputs = (dtu_ch.view(chunk, batch, groups, per_group, 1, num_chunks) * B_ch.unsqueeze(3)).view(decay.shape)
-    if local_window > 1:
-        h, last_state = _linear_recurrence(decay, inputs)
-        h = h + _to_chunks(_local_backward_recurrence(_from_chunks(decay, length), _from_chunks(inputs, length),
-                                                      local_window), num_chunks, chunk)
+    no_grad = not torch.is_grad_enabled()
+    states = dt.shape[:4] + A.shape[1:2] + dt.shape[4:]  # (T, k, b, g, n, p)
+    if no_grad:  # written into reused scratch buffers, in place
+        decay = torch.mul(dt.unsqueeze(4), A, out=_scratch(0, states, dt)).exp_()
+        inputs = torch.mul((dt * u).unsqueeze(4), B.unsqueeze(5), out=_scratch(1, states, dt))
     else:
-        h, last_state = _linear_recurrence(decay, inputs, in_place=not torch.is_grad_enabled())
-    C_ch = _to_chunks(C, num_chunks, chunk).unsqueeze(3)  # (T, b, g, 1, n, k)
-    y = h.view(grouped) * C_ch
-    y = (y.squeeze(4) if num_states == 1 else y.sum(4)).view(chunk, batch, channels, num_chunks)
-    return _from_chunks(y, length), last_state
+        decay = torch.mul(dt.unsqueeze(4), A).exp()
+        inputs = (dt * u).unsqueeze(4) * B.unsqueeze(5)
+    extra = _local_backward_recurrence(decay, inputs, local_window) if local_window > 1 else None
+    h, last_state = _linear_recurrence(decay, inputs, in_place=no_grad)
+    if extra is not None:
+        h = h.add_(extra) if no_grad else h + extra
+    if B.shape[-1] == 1:
+        y = h.squeeze(4) * C
+    else:
+        y = torch.matmul(C.unsqueeze(4), h).squeeze(4)  # sum over n: (.., 1, n) @ (.., n, p)
+    return y, last_state
 
 
 def selective_scan_ref(
@@ -202,53 +250,53 @@ def selective_scan_ref(
     """
     compute_dtype = torch.promote_types(u.dtype, torch.float32)
     batch, channels, length = u.shape
-    num_groups = B.shape[1]
-    per_group = channels // num_groups
-    reverse = normalize_reverse(reverse, num_groups)
+    groups, num_states = B.shape[1], B.shape[2]
+    per_group = channels // groups
+    reverse = normalize_reverse(reverse, groups)
     local_window = int(local_window or 0)
+    chunk = _chunk_length(length, local_window)
+    num_chunks = -(-length // chunk)
+    no_grad = not torch.is_grad_enabled()
+    out_dtype = out_dtype or u.dtype
+    per_sample = num_chunks * chunk * channels * num_states * compute_dtype.itemsize  # bytes of one sample's states
+    slice_size = max(1, WORKSPACE_BYTES // per_sample)
+    if no_grad and u.device.type == 'cpu' and batch > slice_size:
+        # Batch slices: the scratch buffers stay bounded (and closer to the caches).
+        out = torch.empty_like(u, dtype=out_dtype)
+        last_state = u.new_empty((batch, channels, num_states), dtype=compute_dtype)
+        for start in range(0, batch, slice_size):
+            rows = slice(start, start + slice_size)
+            out[rows], last_state[rows] = selective_scan_ref(
+                u[rows], delta[rows], A, B[rows], C[rows], D, None if z is None else z[rows], delta_bias,
+                delta_softplus, reverse, local_window, return_last_state=True, out_dtype=out_dtype)
+        return (out, last_state) if return_last_state else out
 
-    u_c = u.to(compute_dtype)
-    dt = delta.to(compute_dtype)
+    def chunks(x: torch.Tensor) -> torch.Tensor:  # (batch, G, F, L) -> (T, num_chunks, batch, G, F)
+        return _to_chunks(x, reverse, num_chunks, chunk, compute_dtype)
+
+    def channel_chunks(x: torch.Tensor) -> torch.Tensor:  # (batch, channels, L) -> (T, num_chunks, batch, G, P)
+        return chunks(x.unflatten(1, (groups, per_group)))
+
+    def per_channel(x: torch.Tensor) -> torch.Tensor:  # (channels,) -> (G, P), broadcast over steps and batch
+        return x.to(compute_dtype).view(groups, per_group)
+
+    u_ch = channel_chunks(u)
+    dt = channel_chunks(delta)
     if delta_bias is not None:
-        dt = dt + delta_bias.to(compute_dtype)[:, None]
+        dt = dt.add_(per_channel(delta_bias)) if no_grad else dt + per_channel(delta_bias)
     if delta_softplus:
         dt = F.softplus(dt)  # threshold 20 (x > 20 -> x), as the CUDA/Triton kernels
-    A_c = A.to(compute_dtype)
-    B_c, C_c = B.to(compute_dtype), C.to(compute_dtype)
-
-    def scan_groups(groups: Sequence[int], flip: bool) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Scan the channels of ``groups`` (forward, or from the end if ``flip``); outputs in input order."""
-        if len(groups) == num_groups:
-            chans = slice(None)
-            B_g, C_g = B_c, C_c
-        else:
-            chans = torch.cat([torch.arange(g * per_group, (g + 1) * per_group) for g in groups]).to(u.device)
-            group_idx = torch.tensor(list(groups), device=u.device)
-            B_g, C_g = B_c.index_select(1, group_idx), C_c.index_select(1, group_idx)
-        u_g, dt_g, A_g = u_c[:, chans], dt[:, chans], A_c[chans]
-        if flip:  # flips the small (b, g, n, L) B/C tensors, not per-channel copies
-            u_g, dt_g, B_g, C_g = u_g.flip(-1), dt_g.flip(-1), B_g.flip(-1), C_g.flip(-1)
-        y_g, last_g = _scan_forward(u_g, dt_g, A_g, B_g, C_g, local_window)
-        return (y_g.flip(-1) if flip else y_g), last_g
-
-    forward_groups = [g for g in range(num_groups) if not reverse[g]]
-    reversed_groups = [g for g in range(num_groups) if reverse[g]]
-    if not reversed_groups or not forward_groups:
-        y, last_state = scan_groups(range(num_groups), flip=bool(reversed_groups))
-    else:
-        # Mixed directions: scan both channel sets separately, then restore the channel order.
-        y_f, last_f = scan_groups(forward_groups, flip=False)
-        y_r, last_r = scan_groups(reversed_groups, flip=True)
-        order = torch.tensor([g for g in forward_groups + reversed_groups], device=u.device)
-        inverse = torch.argsort(order).repeat_interleave(per_group) * per_group + \
-            torch.arange(per_group, device=u.device).repeat(num_groups)
-        y = torch.cat([y_f, y_r], dim=1).index_select(1, inverse)
-        last_state = torch.cat([last_f, last_r], dim=1).index_select(1, inverse)
+    padding = num_chunks * chunk - length
+    if padding and (delta_bias is not None or delta_softplus):
+        dt[chunk - padding:, -1] = 0.0  # padding steps keep dt = 0: decay 1, input 0 (in place is autograd-safe here)
+    A_g = A.to(compute_dtype).view(groups, per_group, num_states).transpose(1, 2).contiguous()  # (G, N, P)
+    y, last_state = _scan_chunks(u_ch, dt, A_g, chunks(B), chunks(C), local_window)
     if D is not None:
-        y = y + D.to(compute_dtype)[:, None] * u_c
+        y = y.addcmul_(u_ch, per_channel(D)) if no_grad else torch.addcmul(y, u_ch, per_channel(D))
     if z is not None:
-        y = y * F.silu(z.to(compute_dtype))
-    out = y.to(out_dtype or u.dtype)
+        gate = F.silu(channel_chunks(z))
+        y = y.mul_(gate) if no_grad else y * gate
+    out = _from_chunks(y, reverse, torch.empty_like(u, dtype=out_dtype))  # u's memory order
     if return_last_state:
-        return out, last_state.to(compute_dtype).contiguous()
+        return out, last_state.transpose(-1, -2).reshape(batch, channels, num_states)
     return out
