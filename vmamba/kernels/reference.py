@@ -12,6 +12,13 @@ chunks of T ~ sqrt(L) steps, one T-step loop scans all chunks at once from a zer
 carries the state, and ``h = h_local + cumprod(decay) * carry`` fixes every step up. Only products of decays are
 formed (no division or exp of sums), so it is stable for any ``A``.
 
+Layout: the inputs are copied once into ``(T, num_chunks, batch, G, features)`` in scan order (reversed groups from
+their end, so every group runs in one pass), the states live in ``(T, num_chunks, batch, G, N, channels per
+group)``: each step is one contiguous slice, the channels are innermost, so token-major activations (the models'
+layout) load as row copies and the broadcasts of B / C / dt over states and channels run as long vectorised loops.
+Without autograd the two state-sized tensors are written in place into per-thread scratch buffers (a fresh one
+costs as many page faults as arithmetic on the CPU), and batches larger than the scratch cap run in slices.
+
 LBMamba's locally bidirectional scan (``local_window=W``) adds, inside each window ``[kW, (k+1)W)``, the backward
 recursion ``h^R_t = exp(dt_t A) h^R_{t+1} + dt_t B_t u_t`` with the same parameters, and uses
 ``h_t = h^L_t + h^R_t - dt_t B_t u_t``. Windows are counted in scan order (from the end when reversed); the carried
