@@ -83,15 +83,21 @@ def load_reference(path: str):
     return module.selective_scan_ref
 
 
-def latency_ms(model, x, repeats: int) -> float:
+def latencies_ms(model, x, scans: dict, repeats: int) -> dict:
+    """Best-of-``repeats`` latency of ``model(x)`` with each scan implementation, timed round-robin (one call of
+    each per round) so that a shared machine's drift affects all of them alike."""
+    times = {label: [] for label in scans}
     with torch.no_grad():
-        model(x)
-        times = []
+        for label, scan in scans.items():  # warm-up
+            with scan_implementation(scan):
+                model(x)
         for _ in range(repeats):
-            start = time.perf_counter()
-            model(x)
-            times.append(time.perf_counter() - start)
-    return 1000 * min(times)
+            for label, scan in scans.items():
+                with scan_implementation(scan):
+                    start = time.perf_counter()
+                    model(x)
+                    times[label].append(time.perf_counter() - start)
+    return {label: 1000 * min(t) for label, t in times.items()}
 
 
 def main():
@@ -110,18 +116,17 @@ def main():
         torch.manual_seed(0)
         model = timm.create_model(name).eval()
         x = torch.randn(1, 3, 224, 224)
-        ours = latency_ms(model, x, args.repeats)
-        with scan_implementation(step_by_step_scan):
-            loop = latency_ms(model, x, args.repeats)
-        row = dict(model=name, ours_ms=ours, step_by_step_ms=loop, speedup=loop / ours)
+        scans = dict(ours=interface.selective_scan_ref, step_by_step=step_by_step_scan)
         if previous is not None:
-            with scan_implementation(previous):
-                row['previous_ms'] = latency_ms(model, x, args.repeats)
-            row['ours_ms'] = ours = min(ours, latency_ms(model, x, args.repeats))  # after it too: same conditions
-            row['speedup'] = loop / ours
+            scans['previous'] = previous
+        ms = latencies_ms(model, x, scans, args.repeats)
+        row = dict(model=name, ours_ms=ms['ours'], step_by_step_ms=ms['step_by_step'],
+                   speedup=ms['step_by_step'] / ms['ours'])
+        if previous is not None:
+            row['previous_ms'] = ms['previous']
         rows.append(row)
     print(f'\nCPU ({platform.processor() or platform.machine()}), {args.threads} threads, torch {torch.__version__}, '
-          f'{date.today()}, batch 1, 224x224, fp32, best of {args.repeats}')
+          f'{date.today()}, batch 1, 224x224, fp32, best of {args.repeats} (round-robin)')
     extra = ' previous reference (ms) | ours vs previous |' if previous is not None else ''
     print(f'| model | chunked reference scan (ms) | step-by-step scan (ms) | speed-up |{extra}\n'
           f'|---|---|---|---|{"---|---|" if extra else ""}')

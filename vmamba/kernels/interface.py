@@ -60,7 +60,9 @@ def _selective_scan_impl(
         out, last = selective_scan_ref(
             u, delta, A, B, C, D, z, delta_bias, delta_softplus, tuple(reverse), local_window,
             return_last_state=True, out_dtype=out_dtype)
-    return empty_sequence_like(u, out_dtype).copy_(out), last
+    if out.stride() != layout_strides(u):  # the reference writes u's memory order when u is dense
+        out = empty_sequence_like(u, out_dtype).copy_(out)
+    return out, last
 
 
 _selective_scan_op = torch.library.custom_op('vmamba::selective_scan', mutates_args=())(_selective_scan_impl)
