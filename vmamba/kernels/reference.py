@@ -108,25 +108,31 @@ def _linear_recurrence(decay: torch.Tensor, inputs: torch.Tensor,
     Returns:
         h (T, num_chunks, ...) and the final state (...).
     """
-    chunk, num_chunks = decay.shape[0], decay.shape[1]
+    chunk = decay.shape[0]
     # In-chunk scan and prefix products of the decays (a loop: cumprod over dim 0 is 5x slower on the CPU); without
-    # autograd the steps write straight into the output (no stack copies).
+    # autograd the steps write straight into the output (no stack copies). Steps and chunks are taken with unbind:
+    # under autograd, indexing one step would cost a zero-filled full-size gradient per step in the backward.
+    decays = decay.unbind(0)
     if torch.is_grad_enabled():
-        local, prefix = [inputs[0]], [decay[0]]
-        for t in range(1, chunk):
-            local.append(torch.addcmul(inputs[t], decay[t], local[-1]))
-            prefix.append(prefix[-1] * decay[t])
+        local, prefix = [inputs[0]], [decays[0]]
+        for t, (decay_t, input_t) in enumerate(zip(decays, inputs.unbind(0))):
+            if t:
+                local.append(torch.addcmul(input_t, decay_t, local[-1]))
+                prefix.append(prefix[-1] * decay_t)
         h_local, prefix_decay = torch.stack(local), torch.stack(prefix)
+        last_h, last_prefix = local[-1], prefix[-1]
     else:
         h_local, prefix_decay = (inputs, decay) if in_place else (inputs.clone(), decay.clone())
+        hs, prefixes = h_local.unbind(0), prefix_decay.unbind(0)
         for t in range(1, chunk):
-            h_local[t].addcmul_(decay[t], h_local[t - 1])
-            prefix_decay[t].mul_(prefix_decay[t - 1])
-    carry = torch.zeros_like(h_local[0, 0])
+            hs[t].addcmul_(decays[t], hs[t - 1])
+            prefixes[t].mul_(prefixes[t - 1])
+        last_h, last_prefix = hs[-1], prefixes[-1]
+    carry = torch.zeros_like(last_h[0])
     carries = []
-    for k in range(num_chunks):
+    for h_k, prefix_k in zip(last_h.unbind(0), last_prefix.unbind(0)):
         carries.append(carry)
-        carry = torch.addcmul(h_local[-1, k], prefix_decay[-1, k], carry)
+        carry = torch.addcmul(h_k, prefix_k, carry)
     carry_in = torch.stack(carries)  # (num_chunks, ...), broadcast over the T steps
     if torch.is_grad_enabled():
         return torch.addcmul(h_local, prefix_decay, carry_in), carry
@@ -143,10 +149,11 @@ def _local_backward_recurrence(decay: torch.Tensor, inputs: torch.Tensor, window
     Returns:
         (T, num_chunks, ...).
     """
+    decays, inputs = decay.unbind(0), inputs.unbind(0)
     acc = torch.zeros_like(inputs[0])
     extra = [acc]  # the last step of a window receives nothing from its right
-    for t in range(decay.shape[0] - 1, 0, -1):
-        acc = torch.zeros_like(acc) if t % window == 0 else decay[t - 1] * (inputs[t] + acc)
+    for t in range(len(decays) - 1, 0, -1):
+        acc = torch.zeros_like(acc) if t % window == 0 else decays[t - 1] * (inputs[t] + acc)
         extra.append(acc)
     return torch.stack(extra[::-1])
 
