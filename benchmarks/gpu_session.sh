@@ -10,9 +10,11 @@
 #              $BASELINE_TREE has one, the baseline tree's bench_conv.py (defaults only) -> $OUT/conv_old.json.
 #   path     : benchmarks/scan_path_gpu.py: step vs chunked kernels for N > 1 at EfficientVMamba / Vim shapes.
 #   suffix   : the segmented suffix scans (ScanConfig.suffix_segment=None) against Triton's reverse scans (the
-#              default, 0): compiled tests (-k suffix, real sizes included), benchmarks/suffix_scan_gpu.py (kernel A/B
-#              with a reference check of each variant) -> $OUT/suffix_scan.md, benchmarks/suffix_model_ab_gpu.py
-#              (VMamba-T CUDA-graph A/B next to convnext_tiny) -> $OUT/suffix_model_ab.txt.
+#              default, 0), each also with the training forward at the inference tile (chunk_states_in_tile):
+#              compiled tests (-k "suffix or chunk_states", real sizes included), benchmarks/suffix_scan_gpu.py
+#              (kernel A/B with a reference check of each variant) -> $OUT/suffix_scan.md,
+#              benchmarks/suffix_model_ab_gpu.py (VMamba-T CUDA-graph A/B next to convnext_tiny)
+#              -> $OUT/suffix_model_ab.txt.
 #   profile  : benchmarks/step_anatomy_gpu.py for $PROFILE_MODELS: wall / kernel / enqueue time and the top CUDA
 #              kernels of an AMP inference and train step (PROFILE_ARGS="--modes infer": inference only).
 #   host     : benchmarks/host_cost_gpu.py on $PROFILE_MODELS: host cost per call of aten ops and ours (split into
@@ -54,10 +56,10 @@ for part in $PARTS; do
             (cd "$BASELINE_TREE" && PYTHONPATH="$ROOT/.gpu_deps:$PWD" timeout 120 python benchmarks/bench_conv.py \
                --no-profile --json "$OUT/conv_old.json" 2>&1 | grep -v Warning | tail -8 | sed 's/^/old /')
           fi ;;
-    suffix) timeout 150 python -m pytest tests/kernels/test_triton_scan.py -q -p no:cacheprovider -k suffix 2>&1 | tail -4
-            OUT="$OUT" timeout 240 python benchmarks/suffix_scan_gpu.py 2>&1 | grep -v Warning | tee "$OUT/suffix_log.txt" \
+    suffix) timeout 150 python -m pytest tests/kernels/test_triton_scan.py -q -p no:cacheprovider -k "suffix or chunk_states" 2>&1 | tail -4
+            OUT="$OUT" timeout 360 python benchmarks/suffix_scan_gpu.py 2>&1 | grep -v Warning | tee "$OUT/suffix_log.txt" \
               | tail -12
-            timeout 240 python benchmarks/suffix_model_ab_gpu.py 2>&1 | grep -v Warning | tee "$OUT/suffix_model_ab.txt" \
+            timeout 360 python benchmarks/suffix_model_ab_gpu.py 2>&1 | grep -v Warning | tee "$OUT/suffix_model_ab.txt" \
               | tail -8 ;;
     path) timeout 200 python benchmarks/scan_path_gpu.py 2>&1 | grep -v Warning | tee "$OUT/scan_path.md" ;;
     profile) timeout 300 python benchmarks/step_anatomy_gpu.py ${PROFILE_MODELS//,/ } --kernels 20 ${PROFILE_ARGS:-} 2>&1 \

@@ -1,7 +1,8 @@
 """Model-level A/B of the segmented suffix scans in one process on one GPU: each model's CUDA-graph inference and
 training step (``tools/benchmark.py``'s ``measure``) with the chunked scan kernels' segmented suffix scans
-(``suffix_segment=None``) and with the default ``suffix_segment=0`` (Triton's reverse ``associative_scan``),
-alternating, next to a peer.
+(``suffix_segment=None``), with the default ``suffix_segment=0`` (Triton's reverse ``associative_scan``), and
+with segments plus the training forward at the inference tile (``chunk_states_in_tile``), alternating, next to a
+peer.
 
     PYTHONPATH=. python benchmarks/suffix_model_ab_gpu.py [--models vmamba_tiny_s1l8] [--peer convnext_tiny]
 """
@@ -28,6 +29,13 @@ def _segments_config(kind, *args, **kwargs):
     return replace(config, suffix_segment=None) if kind in ('fwd', 'bwd') else config
 
 
+def _segments_states_in_tile_config(kind, *args, **kwargs):
+    """Segments, and the training forward at the inference tile writing the backward's chunk states from inside
+    it (``chunk_states_in_tile``)."""
+    config = _segments_config(kind, *args, **kwargs)
+    return replace(config, chunk_states_in_tile=True) if kind == 'fwd' else config
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--models', default='vmamba_tiny_s1l8')
@@ -42,7 +50,8 @@ def main():
     rows = []
     for r in range(opts.rounds):
         for model in opts.models.split(','):
-            for label, config_fn in (('segments', _segments_config), ('triton-reverse', _default_config)):
+            for label, config_fn in (('segments', _segments_config), ('triton-reverse', _default_config),
+                                     ('segments + states in tile', _segments_states_in_tile_config)):
                 scan.default_config = config_fn
                 row = benchmark.measure(model, args, device, False)
                 scan.default_config = _default_config

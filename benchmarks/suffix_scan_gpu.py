@@ -37,7 +37,12 @@ def variants(case):
     fwd = scan.default_config('fwd', case['num_states'], case['length'], per_group)
     bwd = scan.default_config('bwd', case['num_states'], case['length'], per_group)
     out = [('triton-reverse', replace(fwd, suffix_segment=0), replace(bwd, suffix_segment=0)),
-           ('segments', replace(fwd, suffix_segment=None), replace(bwd, suffix_segment=None))]
+           ('segments', replace(fwd, suffix_segment=None), replace(bwd, suffix_segment=None)),
+           # the training path's forward at the inference tile, writing the backward's chunk states from inside it
+           ('segments + states in tile', replace(fwd, suffix_segment=None, chunk_states_in_tile=True),
+            replace(bwd, suffix_segment=None)),
+           ('triton-reverse + states in tile', replace(fwd, suffix_segment=0, chunk_states_in_tile=True),
+            replace(bwd, suffix_segment=0))]
     if fwd.block_l > 256:
         out.append(('segments fwd256', replace(fwd, block_l=256, suffix_segment=None), None))
     if bwd.block_d == 1 and bwd.block_l == 128 and case['num_states'] == 1:
@@ -53,6 +58,18 @@ def variants(case):
         out += [('triton-reverse bwd 1x128', None, replace(one_row, suffix_segment=0)),
                 ('segments bwd 1x128 seg4', None, replace(one_row, suffix_segment=4))]
     return out
+
+
+def train_path_error(case, inputs, grad_out, fwd_config, bwd_config):
+    """Largest relative-RMS difference between the backward given the forward's chunk states (the training path)
+    and the backward that recomputes them in its pre-pass, over all gradients."""
+    args = [inputs[k] for k in GRAD_NAMES]
+    rev = case['reverse']
+    _, _, states = scan.selective_scan_fwd(*args, True, rev, 0, case['out_dtype'], config=fwd_config,
+                                           save_chunk_states=True)
+    given = scan.selective_scan_bwd(grad_out, None, *args, True, rev, 0, chunk_states=states, config=bwd_config)
+    recomputed = scan.selective_scan_bwd(grad_out, None, *args, True, rev, 0, config=bwd_config)
+    return max(bench_scan.rel_rms(a, b) for a, b in zip(given, recomputed) if a is not None)
 
 
 def time_variant(case, inputs, grad_out, fwd_config, bwd_config):
@@ -108,7 +125,15 @@ def main():
             if checked['status'] != 'PASS':
                 report.setdefault('failed', []).append(f"{case_name} {label}: {checked['status']}")
                 continue
-            results[label] = dict(error=max(checked['errors'].values()), runs=[])
+            error = max(checked['errors'].values())
+            if fwd_config is not None and bwd_config is not None:
+                train_error = train_path_error(case, inputs, grad_out, fwd_config, bwd_config)
+                print(f'  {case_name} {label}: training path (given chunk states) vs pre-pass: {train_error:.1e}',
+                      flush=True)
+                if train_error > 1e-3:
+                    report.setdefault('failed', []).append(f'{case_name} {label}: training path {train_error:.1e}')
+                    continue
+            results[label] = dict(error=error, runs=[])
             checked_variants.append((label, fwd_config, bwd_config))
         for r in range(opts.rounds):
             for label, fwd_config, bwd_config in checked_variants:

@@ -424,6 +424,40 @@ def test_backward_from_forward_chunk_states(monkeypatch, num_states, local_windo
             selective_scan_bwd(grad_out, None, *args, True, reverse, local_window, chunk_states=chunk_states[:, :, 1:])
 
 
+@pytest.mark.parametrize('num_states, local_window, length, states_per_tile', [
+    (1, 0, 600, 8), (1, 0, 608, 4), (4, 3, 300, 2), (1, 0, 200, 4), (1, 0, 60, 0)],
+    ids=['N1-64-in-512', 'N1-128-in-512', 'N4-W3-63-in-126', 'N1-64-in-256', 'N1-one-chunk'])
+def test_chunk_states_from_the_inference_tile(monkeypatch, num_states, local_window, length, states_per_tile):
+    """``chunk_states_in_tile``: the forward keeps its own (longer) tile and writes several of the backward's
+    chunk-start states per tile, in both directions and for ragged last tiles: the same states, output and last
+    state as the forward run at the backward's tile."""
+    from dataclasses import replace
+    from vmamba.kernels.triton import selective_scan as scan
+    monkeypatch.setattr(scan, 'interpreting', lambda: False)  # the GPU's tiles
+    inputs, _ = make_inputs(1, 2, length, num_states, 2)
+    args = [inputs[k] for k in GRAD_NAMES]
+    reverse = (True, False)
+    launched = []
+    original = scan._launch_fwd
+    monkeypatch.setattr(scan, '_launch_fwd', lambda *a, **k: launched.append((a[11], a[15:])) or original(*a, **k))
+    out, last, states = selective_scan_fwd(*args, True, reverse, local_window, torch.float32, save_chunk_states=True)
+    fwd = scan.default_config('fwd', num_states, length, 1)
+    in_tile = replace(fwd, chunk_states_in_tile=True)
+    out_t, last_t, states_t = selective_scan_fwd(*args, True, reverse, local_window, torch.float32, config=in_tile,
+                                                 save_chunk_states=True)
+    (default_config, _), (tile_config, state_chunk) = launched
+    bwd_chunk = scan._resolve(scan.default_config('bwd', num_states, length, 1), num_states, local_window, length)[3]
+    if states_per_tile:
+        assert default_config.block_l == scan.default_config('bwd', num_states, length, 1).block_l
+        assert tile_config is in_tile and state_chunk == (bwd_chunk,)
+        assert scan._resolve(in_tile, num_states, local_window, length)[3] == states_per_tile * bwd_chunk
+        torch.testing.assert_close(states_t, states, rtol=1e-6, atol=1e-6)
+    else:
+        assert states is None and states_t is None
+    torch.testing.assert_close(out_t, out, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(last_t, last, rtol=1e-6, atol=1e-6)
+
+
 @pytest.mark.parametrize('dtype, out_dtype', [
     (torch.bfloat16, torch.float32), (torch.bfloat16, torch.bfloat16), (torch.float16, torch.float16)])
 def test_low_precision(dtype, out_dtype):

@@ -257,17 +257,19 @@ def _sum_over_channels(t, BLOCK_N: tl.constexpr):
 def _fwd_chunked_program(
         u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, delta_bias_ptr,
         out_ptr, last_state_ptr, chunk_states_ptr,
-        length, channels, channels_per_group, num_groups, num_states, num_chunks, group_offset,
+        length, channels, channels_per_group, num_groups, num_states, num_chunks, num_state_chunks, group_offset,
         HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DELTA_BIAS: tl.constexpr, DELTA_SOFTPLUS: tl.constexpr,
         REVERSE: tl.constexpr, LOCAL_WINDOW: tl.constexpr,
         WRITE_OUTPUT: tl.constexpr, WRITE_CHUNK_STATES: tl.constexpr,
         BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr, CHUNK: tl.constexpr,
-        ALIGN: tl.constexpr, SEGMENT: tl.constexpr,
+        STATE_CHUNK: tl.constexpr, ALIGN: tl.constexpr, SEGMENT: tl.constexpr,
 ):
     """One program: BLOCK_D channels (group program_id(1) + group_offset, batch program_id(2)) x all states.
 
     The state tile has BLOCK_D * BLOCK_N rows (one of the two is 1): channels when N == 1, else the states of one
-    channel. Per-channel tensors are (BLOCK_D, BLOCK_L), per-state B/C tiles (BLOCK_N, BLOCK_L)."""
+    channel. Per-channel tensors are (BLOCK_D, BLOCK_L), per-state B/C tiles (BLOCK_N, BLOCK_L).
+    WRITE_CHUNK_STATES: the state at every STATE_CHUNK-th step in scan order (STATE_CHUNK divides CHUNK: the
+    backward's chunk starts, several per tile when the backward's chunks are shorter), ``num_state_chunks`` of them."""
     ROWS: tl.constexpr = BLOCK_D * BLOCK_N
     pid_d = tl.program_id(0)
     group = tl.program_id(1).to(tl.int64) + group_offset
@@ -304,6 +306,7 @@ def _fwd_chunked_program(
     else:
         carry_lane = BLOCK_L - 1
 
+    STATES_PER_CHUNK: tl.constexpr = CHUNK // STATE_CHUNK
     state = tl.zeros([ROWS], dtype=tl.float32)
     for chunk in range(num_chunks):
         if REVERSE:
@@ -313,7 +316,8 @@ def _fwd_chunked_program(
         pos = start + lane
         mask_l = (lane < CHUNK) & (pos >= 0) & (pos < length)
         if WRITE_CHUNK_STATES:
-            tl.store(chunk_states_ptr + (row_seq * num_chunks + chunk) * num_states + row_n, state, mask=mask_rows)
+            tl.store(chunk_states_ptr + (row_seq * num_state_chunks + chunk * STATES_PER_CHUNK) * num_states + row_n,
+                     state, mask=mask_rows)
 
         mask_dl = mask_d[:, None] & mask_l[None, :]
         seq_offs = seq_row[:, None] + pos[None, :]
@@ -326,6 +330,16 @@ def _fwd_chunked_program(
         decay = tl.exp2(dt * A2)  # (ROWS, L); 1 on masked lanes (dt = 0)
         x = (dt * u) * Bv  # (ROWS, L); 0 on masked lanes
         h_left = _carried_scan(decay, x, state, REVERSE, ROWS, BLOCK_L, SEGMENT)
+        if WRITE_CHUNK_STATES:
+            for part in tl.static_range(1, STATES_PER_CHUNK):  # the later state-chunk starts inside this tile
+                if REVERSE:
+                    last_lane = CHUNK - part * STATE_CHUNK  # last scanned lane of the state chunk before
+                else:
+                    last_lane = part * STATE_CHUNK - 1
+                index = chunk * STATES_PER_CHUNK + part
+                tl.store(chunk_states_ptr + (row_seq * num_state_chunks + index) * num_states + row_n,
+                         tl.sum(tl.where(lane[None, :] == last_lane, h_left, 0.0), axis=1),
+                         mask=mask_rows & (index < num_state_chunks))
         state = tl.sum(tl.where(lane[None, :] == carry_lane, h_left, 0.0), axis=1)
 
         if WRITE_OUTPUT:
@@ -357,27 +371,27 @@ def _fwd_chunked_program(
 @triton.jit
 def _selective_scan_fwd_kernel(
         u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, delta_bias_ptr, out_ptr, last_state_ptr,
-        chunk_states_ptr, length, channels, channels_per_group, num_groups, num_states, num_chunks, group_offset,
-        reverse_bits, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DELTA_BIAS: tl.constexpr,
-        DELTA_SOFTPLUS: tl.constexpr, HAS_FORWARD: tl.constexpr, HAS_REVERSE: tl.constexpr,
-        LOCAL_WINDOW: tl.constexpr, WRITE_OUTPUT: tl.constexpr, WRITE_CHUNK_STATES: tl.constexpr,
-        BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr, CHUNK: tl.constexpr,
-        ALIGN: tl.constexpr, SEGMENT: tl.constexpr,
+        chunk_states_ptr, length, channels, channels_per_group, num_groups, num_states, num_chunks,
+        num_state_chunks, group_offset, reverse_bits, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
+        HAS_DELTA_BIAS: tl.constexpr, DELTA_SOFTPLUS: tl.constexpr, HAS_FORWARD: tl.constexpr,
+        HAS_REVERSE: tl.constexpr, LOCAL_WINDOW: tl.constexpr, WRITE_OUTPUT: tl.constexpr,
+        WRITE_CHUNK_STATES: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr,
+        CHUNK: tl.constexpr, STATE_CHUNK: tl.constexpr, ALIGN: tl.constexpr, SEGMENT: tl.constexpr,
 ):
     """Chunked forward, both directions in one launch: :func:`_runs_reverse` picks each program's
     :func:`_fwd_chunked_program`."""
     if _runs_reverse(reverse_bits, HAS_FORWARD, HAS_REVERSE):
         _fwd_chunked_program(
             u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, delta_bias_ptr, out_ptr, last_state_ptr,
-            chunk_states_ptr, length, channels, channels_per_group, num_groups, num_states, num_chunks, group_offset,
-            HAS_D, HAS_Z, HAS_DELTA_BIAS, DELTA_SOFTPLUS, True, LOCAL_WINDOW, WRITE_OUTPUT, WRITE_CHUNK_STATES,
-            BLOCK_D, BLOCK_N, BLOCK_L, CHUNK, ALIGN, SEGMENT)
+            chunk_states_ptr, length, channels, channels_per_group, num_groups, num_states, num_chunks,
+            num_state_chunks, group_offset, HAS_D, HAS_Z, HAS_DELTA_BIAS, DELTA_SOFTPLUS, True, LOCAL_WINDOW,
+            WRITE_OUTPUT, WRITE_CHUNK_STATES, BLOCK_D, BLOCK_N, BLOCK_L, CHUNK, STATE_CHUNK, ALIGN, SEGMENT)
     else:
         _fwd_chunked_program(
             u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, delta_bias_ptr, out_ptr, last_state_ptr,
-            chunk_states_ptr, length, channels, channels_per_group, num_groups, num_states, num_chunks, group_offset,
-            HAS_D, HAS_Z, HAS_DELTA_BIAS, DELTA_SOFTPLUS, False, LOCAL_WINDOW, WRITE_OUTPUT, WRITE_CHUNK_STATES,
-            BLOCK_D, BLOCK_N, BLOCK_L, CHUNK, ALIGN, SEGMENT)
+            chunk_states_ptr, length, channels, channels_per_group, num_groups, num_states, num_chunks,
+            num_state_chunks, group_offset, HAS_D, HAS_Z, HAS_DELTA_BIAS, DELTA_SOFTPLUS, False, LOCAL_WINDOW,
+            WRITE_OUTPUT, WRITE_CHUNK_STATES, BLOCK_D, BLOCK_N, BLOCK_L, CHUNK, STATE_CHUNK, ALIGN, SEGMENT)
 
 
 @triton.jit
@@ -1106,7 +1120,10 @@ class ScanConfig:
     lanes. ``suffix_segment`` (chunked kernels): positions per segment of the scans that run against the lane order
     (:func:`_suffix_scan_segments`); None picks the positions that each thread holds (:func:`_suffix_segment`);
     0 (the default until the segmented scans are timed on a GPU: ``benchmarks/suffix_scan_gpu.py``) runs Triton's
-    reverse ``associative_scan``."""
+    reverse ``associative_scan``. ``chunk_states_in_tile`` ('fwd' with ``save_chunk_states``): keep this tile and
+    write the backward's chunk-start states from inside it (several per tile when the backward's chunks are shorter)
+    instead of running the forward at the backward's tile (the default, False, until timed on a GPU:
+    ``benchmarks/suffix_scan_gpu.py``)."""
     block_d: int
     block_l: int
     num_warps: int = 4
@@ -1115,6 +1132,7 @@ class ScanConfig:
     clamp_loads: bool = True
     lane_states: bool = False
     suffix_segment: Optional[int] = 0
+    chunk_states_in_tile: bool = False
 
 
 # The one-channel-per-lane forward (64 channels per 1-warp program, ~168 registers: 12 warps per SM) needs this many
@@ -1261,13 +1279,19 @@ def _check_inputs(u, delta, A, B, C, D, z, delta_bias, reverse, local_window) ->
 
 
 def _launch_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, local_window, config,
-                out, last_state, chunk_states):
-    """Run the forward kernel once per run of equal-direction groups (out/last_state None: pre-pass only)."""
+                out, last_state, chunk_states, state_chunk=None):
+    """Run the forward kernel once per run of equal-direction groups (out/last_state None: pre-pass only).
+    ``chunk_states`` receives the state at every ``state_chunk``-th step in scan order (default: the tile's chunk;
+    a divisor of it otherwise)."""
     batch, channels, length = u.shape
     num_groups, num_states = B.shape[1], B.shape[2]
     per_group = channels // num_groups
     block_d, block_n, block_l, chunk = _resolve(config, num_states, local_window, length)
     num_chunks = cdiv(length, chunk)
+    state_chunk = state_chunk or chunk
+    if chunk % state_chunk:
+        raise ValueError(f'triton selective scan: chunk states every {state_chunk} steps need a tile chunk that is a '
+                         f'multiple of it, got {chunk}')
     write_output = out is not None
     align = math.gcd(length, chunk, 16)
     segment = _suffix_segment(config, block_d * block_n, block_l, align, u.element_size())
@@ -1279,13 +1303,14 @@ def _launch_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, lo
             delta_bias if delta_bias is not None else dummy,
             out if write_output else dummy, last_state if write_output else dummy,
             chunk_states if chunk_states is not None else dummy,
-            length, channels, per_group, num_groups, num_states, num_chunks, first_group, reverse_bits,
+            length, channels, per_group, num_groups, num_states, num_chunks, cdiv(length, state_chunk), first_group,
+            reverse_bits,
             HAS_D=D is not None, HAS_Z=z is not None, HAS_DELTA_BIAS=delta_bias is not None,
             DELTA_SOFTPLUS=bool(delta_softplus), HAS_FORWARD=reverse_bits != (1 << count) - 1,
             HAS_REVERSE=reverse_bits != 0, LOCAL_WINDOW=int(local_window),
             WRITE_OUTPUT=write_output, WRITE_CHUNK_STATES=chunk_states is not None,
-            BLOCK_D=block_d, BLOCK_N=block_n, BLOCK_L=block_l, CHUNK=chunk, ALIGN=align, SEGMENT=segment,
-            num_warps=config.num_warps,
+            BLOCK_D=block_d, BLOCK_N=block_n, BLOCK_L=block_l, CHUNK=chunk, STATE_CHUNK=state_chunk, ALIGN=align,
+            SEGMENT=segment, num_warps=config.num_warps,
         )
 
 
@@ -1539,11 +1564,15 @@ def selective_scan_fwd(
         return (out, last_state, chunk_states) if save_chunk_states else (out, last_state)
     if config is None:
         config = default_config('fwd', num_states, length, per_group)
+    state_chunk = None
     if save_chunk_states and not _uses_step_kernels(num_states, local_window):
         backward_config = default_config('bwd', num_states, length, per_group)
-        num_chunks = cdiv(length, _resolve(backward_config, num_states, local_window, length)[3])
+        state_chunk = _resolve(backward_config, num_states, local_window, length)[3]
+        num_chunks = cdiv(length, state_chunk)
         if num_chunks > 1:
-            config = replace(config, block_l=backward_config.block_l)
+            if not (config.chunk_states_in_tile
+                    and _resolve(config, num_states, local_window, length)[3] % state_chunk == 0):
+                config = replace(config, block_l=backward_config.block_l)
             chunk_states = torch.empty((batch, channels, num_chunks, num_states), device=u.device,
                                        dtype=torch.float32)
     # The chunked kernels read and write contiguous (batch, channels, L) rows.
@@ -1551,7 +1580,7 @@ def selective_scan_fwd(
     z = z.contiguous() if z is not None else None
     flat_out = out if out.is_contiguous() else torch.empty((batch, channels, length), device=u.device, dtype=out_dtype)
     _launch_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, local_window, config,
-                flat_out, last_state, chunk_states)
+                flat_out, last_state, chunk_states, state_chunk if chunk_states is not None else None)
     if flat_out is not out:
         out.copy_(flat_out)
     return (out, last_state, chunk_states) if save_chunk_states else (out, last_state)
