@@ -257,7 +257,7 @@ def _sum_over_channels(t, BLOCK_N: tl.constexpr):
 def _fwd_chunked_program(
         u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, delta_bias_ptr,
         out_ptr, last_state_ptr, chunk_states_ptr,
-        length, channels, channels_per_group, num_groups, num_states, num_chunks, num_state_chunks, group_offset,
+        length, channels, channels_per_group, num_groups, num_states, num_chunks, group_offset,
         HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DELTA_BIAS: tl.constexpr, DELTA_SOFTPLUS: tl.constexpr,
         REVERSE: tl.constexpr, LOCAL_WINDOW: tl.constexpr,
         WRITE_OUTPUT: tl.constexpr, WRITE_CHUNK_STATES: tl.constexpr,
@@ -269,7 +269,8 @@ def _fwd_chunked_program(
     The state tile has BLOCK_D * BLOCK_N rows (one of the two is 1): channels when N == 1, else the states of one
     channel. Per-channel tensors are (BLOCK_D, BLOCK_L), per-state B/C tiles (BLOCK_N, BLOCK_L).
     WRITE_CHUNK_STATES: the state at every STATE_CHUNK-th step in scan order (STATE_CHUNK divides CHUNK: the
-    backward's chunk starts, several per tile when the backward's chunks are shorter), ``num_state_chunks`` of them."""
+    backward's chunk starts, several per tile when the backward's chunks are shorter), cdiv(length, STATE_CHUNK) of
+    them."""
     ROWS: tl.constexpr = BLOCK_D * BLOCK_N
     pid_d = tl.program_id(0)
     group = tl.program_id(1).to(tl.int64) + group_offset
@@ -307,6 +308,10 @@ def _fwd_chunked_program(
         carry_lane = BLOCK_L - 1
 
     STATES_PER_CHUNK: tl.constexpr = CHUNK // STATE_CHUNK
+    if STATES_PER_CHUNK == 1:
+        num_state_chunks = num_chunks
+    else:
+        num_state_chunks = tl.cdiv(length, STATE_CHUNK)
     state = tl.zeros([ROWS], dtype=tl.float32)
     for chunk in range(num_chunks):
         if REVERSE:
@@ -372,7 +377,7 @@ def _fwd_chunked_program(
 def _selective_scan_fwd_kernel(
         u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, delta_bias_ptr, out_ptr, last_state_ptr,
         chunk_states_ptr, length, channels, channels_per_group, num_groups, num_states, num_chunks,
-        num_state_chunks, group_offset, reverse_bits, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
+        group_offset, reverse_bits, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
         HAS_DELTA_BIAS: tl.constexpr, DELTA_SOFTPLUS: tl.constexpr, HAS_FORWARD: tl.constexpr,
         HAS_REVERSE: tl.constexpr, LOCAL_WINDOW: tl.constexpr, WRITE_OUTPUT: tl.constexpr,
         WRITE_CHUNK_STATES: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr,
@@ -384,13 +389,13 @@ def _selective_scan_fwd_kernel(
         _fwd_chunked_program(
             u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, delta_bias_ptr, out_ptr, last_state_ptr,
             chunk_states_ptr, length, channels, channels_per_group, num_groups, num_states, num_chunks,
-            num_state_chunks, group_offset, HAS_D, HAS_Z, HAS_DELTA_BIAS, DELTA_SOFTPLUS, True, LOCAL_WINDOW,
+            group_offset, HAS_D, HAS_Z, HAS_DELTA_BIAS, DELTA_SOFTPLUS, True, LOCAL_WINDOW,
             WRITE_OUTPUT, WRITE_CHUNK_STATES, BLOCK_D, BLOCK_N, BLOCK_L, CHUNK, STATE_CHUNK, ALIGN, SEGMENT)
     else:
         _fwd_chunked_program(
             u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, delta_bias_ptr, out_ptr, last_state_ptr,
             chunk_states_ptr, length, channels, channels_per_group, num_groups, num_states, num_chunks,
-            num_state_chunks, group_offset, HAS_D, HAS_Z, HAS_DELTA_BIAS, DELTA_SOFTPLUS, False, LOCAL_WINDOW,
+            group_offset, HAS_D, HAS_Z, HAS_DELTA_BIAS, DELTA_SOFTPLUS, False, LOCAL_WINDOW,
             WRITE_OUTPUT, WRITE_CHUNK_STATES, BLOCK_D, BLOCK_N, BLOCK_L, CHUNK, STATE_CHUNK, ALIGN, SEGMENT)
 
 
@@ -1303,8 +1308,7 @@ def _launch_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, lo
             delta_bias if delta_bias is not None else dummy,
             out if write_output else dummy, last_state if write_output else dummy,
             chunk_states if chunk_states is not None else dummy,
-            length, channels, per_group, num_groups, num_states, num_chunks, cdiv(length, state_chunk), first_group,
-            reverse_bits,
+            length, channels, per_group, num_groups, num_states, num_chunks, first_group, reverse_bits,
             HAS_D=D is not None, HAS_Z=z is not None, HAS_DELTA_BIAS=delta_bias is not None,
             DELTA_SOFTPLUS=bool(delta_softplus), HAS_FORWARD=reverse_bits != (1 << count) - 1,
             HAS_REVERSE=reverse_bits != 0, LOCAL_WINDOW=int(local_window),
