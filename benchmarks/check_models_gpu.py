@@ -5,6 +5,9 @@ For each model (random init, fixed seed, eval mode) the same input runs with the
 autocast to 1e-2; the gradient of the input-side parameters from one backward pass must agree to 1e-3 (fp32).
 
     PYTHONPATH=. python benchmarks/check_models_gpu.py [--models ...] [--batch 2] [--json out.json]
+        [--scan-variant segments]
+
+``--scan-variant``: run the Triton path with another set of chunked-scan configs (``benchmarks/scan_variants.py``).
 """
 from __future__ import annotations
 
@@ -44,9 +47,17 @@ def main() -> int:
     parser.add_argument('--models', nargs='*', default=DEFAULT_MODELS)
     parser.add_argument('--batch', type=int, default=2)
     parser.add_argument('--json', default=None)
+    parser.add_argument('--scan-variant', default='default', help='benchmarks/scan_variants.py variant')
     args = parser.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from scan_variants import scan_variant
+    with scan_variant(args.scan_variant):
+        return check(args)
+
+
+def check(args) -> int:
     rows, failed = [], False
     for name in args.models:
         torch.manual_seed(0)

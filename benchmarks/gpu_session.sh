@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One GPU session on the device machine (H100), run from the repo root; results go to $OUT.
-#   PARTS    : any of "tests check bench scan conv path suffix profile host ab graph baseline" (default "tests check bench"), in the order given; a failing
+#   PARTS    : any of "tests check bench scan conv path suffix suffix_models profile host ab graph baseline" (default "tests check bench"), in the order given; a failing
 #              part does not stop the others.
 #   tests    : GPU-marked tests in $TESTS (default: tests/kernels tests/models).
 #   check    : benchmarks/check_models_gpu.py (Triton path vs reference path) on $CHECK_MODELS (default: its list).
@@ -12,9 +12,11 @@
 #   suffix   : the segmented suffix scans (ScanConfig.suffix_segment=None) against Triton's reverse scans (the
 #              default, 0), each also with the training forward at the inference tile (chunk_states_in_tile):
 #              compiled tests (-k "suffix or chunk_states", real sizes included), benchmarks/suffix_scan_gpu.py
-#              (kernel A/B with a reference check of each variant) -> $OUT/suffix_scan.md,
-#              benchmarks/suffix_model_ab_gpu.py (VMamba-T CUDA-graph A/B next to convnext_tiny)
-#              -> $OUT/suffix_model_ab.txt.
+#              (kernel A/B with a reference check of each variant) -> $OUT/suffix_scan.md. At most ~450 s.
+#   suffix_models: benchmarks/suffix_model_ab_gpu.py (VMamba-T CUDA-graph A/B of the variants next to
+#              convnext_tiny) -> $OUT/suffix_model_ab.txt, and benchmarks/check_models_gpu.py --scan-variant
+#              segments (models with the segments vs the reference path) -> $OUT/check_models_segments.json. At
+#              most ~540 s: a call of its own (a device call may run 600 s).
 #   profile  : benchmarks/step_anatomy_gpu.py for $PROFILE_MODELS: wall / kernel / enqueue time and the top CUDA
 #              kernels of an AMP inference and train step (PROFILE_ARGS="--modes infer": inference only).
 #   host     : benchmarks/host_cost_gpu.py on $PROFILE_MODELS: host cost per call of aten ops and ours (split into
@@ -56,11 +58,14 @@ for part in $PARTS; do
             (cd "$BASELINE_TREE" && PYTHONPATH="$ROOT/.gpu_deps:$PWD" timeout 120 python benchmarks/bench_conv.py \
                --no-profile --json "$OUT/conv_old.json" 2>&1 | grep -v Warning | tail -8 | sed 's/^/old /')
           fi ;;
-    suffix) timeout 150 python -m pytest tests/kernels/test_triton_scan.py -q -p no:cacheprovider -k "suffix or chunk_states" 2>&1 | tail -4
-            OUT="$OUT" timeout 360 python benchmarks/suffix_scan_gpu.py 2>&1 | grep -v Warning | tee "$OUT/suffix_log.txt" \
-              | tail -12
-            timeout 360 python benchmarks/suffix_model_ab_gpu.py 2>&1 | grep -v Warning | tee "$OUT/suffix_model_ab.txt" \
-              | tail -8 ;;
+    suffix) timeout 120 python -m pytest tests/kernels/test_triton_scan.py -q -p no:cacheprovider -k "suffix or chunk_states" 2>&1 | tail -4
+            OUT="$OUT" timeout 330 python benchmarks/suffix_scan_gpu.py 2>&1 | grep -v Warning | tee "$OUT/suffix_log.txt" \
+              | tail -12 ;;
+    suffix_models) timeout 300 python benchmarks/suffix_model_ab_gpu.py 2>&1 | grep -v Warning \
+              | tee "$OUT/suffix_model_ab.txt" | tail -8
+            timeout 240 python benchmarks/check_models_gpu.py --scan-variant segments --models vmamba_tiny_s1l8 \
+              efficientvmamba_tiny lbvim_tiny_patch16_224 --json "$OUT/check_models_segments.json" 2>&1 \
+              | grep -v Warning | tail -6 ;;
     path) timeout 200 python benchmarks/scan_path_gpu.py 2>&1 | grep -v Warning | tee "$OUT/scan_path.md" ;;
     profile) timeout 300 python benchmarks/step_anatomy_gpu.py ${PROFILE_MODELS//,/ } --kernels 20 ${PROFILE_ARGS:-} 2>&1 \
                | grep -v Warning ;;

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from dataclasses import replace
 
 import torch
 
@@ -19,21 +18,8 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..')
 sys.path.insert(0, os.path.join(ROOT, 'tools'))
 import benchmark  # noqa: E402  (tools/benchmark.py)
 
-from vmamba.kernels.triton import selective_scan as scan  # noqa: E402
-
-_default_config = scan.default_config
-
-
-def _segments_config(kind, *args, **kwargs):
-    config = _default_config(kind, *args, **kwargs)
-    return replace(config, suffix_segment=None) if kind in ('fwd', 'bwd') else config
-
-
-def _segments_states_in_tile_config(kind, *args, **kwargs):
-    """Segments, and the training forward at the inference tile writing the backward's chunk states from inside
-    it (``chunk_states_in_tile``)."""
-    config = _segments_config(kind, *args, **kwargs)
-    return replace(config, chunk_states_in_tile=True) if kind == 'fwd' else config
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from scan_variants import scan_variant  # noqa: E402
 
 
 def main():
@@ -50,11 +36,10 @@ def main():
     rows = []
     for r in range(opts.rounds):
         for model in opts.models.split(','):
-            for label, config_fn in (('segments', _segments_config), ('triton-reverse', _default_config),
-                                     ('segments + states in tile', _segments_states_in_tile_config)):
-                scan.default_config = config_fn
-                row = benchmark.measure(model, args, device, False)
-                scan.default_config = _default_config
+            for label, variant in (('segments', 'segments'), ('triton-reverse', 'default'),
+                                   ('segments + states in tile', 'segments-in-tile')):
+                with scan_variant(variant):
+                    row = benchmark.measure(model, args, device, False)
                 rows.append((f'{model} {label}', row))
                 print(f"round {r} {model} {label}: infer {row.get('infer_img_s', 0):,.0f} img/s, train "
                       f"{row.get('train_img_s', 0):,.0f} img/s {row.get('error', '')}", flush=True)
