@@ -427,10 +427,13 @@ def test_backward_from_forward_chunk_states(monkeypatch, num_states, local_windo
 @pytest.mark.parametrize('num_states, local_window, length, states_per_tile', [
     (1, 0, 600, 8), (1, 0, 608, 4), (4, 3, 300, 2), (1, 0, 200, 4), (1, 0, 60, 0)],
     ids=['N1-64-in-512', 'N1-128-in-512', 'N4-W3-63-in-126', 'N1-64-in-256', 'N1-one-chunk'])
-def test_chunk_states_from_the_inference_tile(monkeypatch, num_states, local_window, length, states_per_tile):
+@pytest.mark.parametrize('suffix_segment', [0, None], ids=['triton-reverse', 'segments'])
+def test_chunk_states_from_the_inference_tile(monkeypatch, num_states, local_window, length, states_per_tile,
+                                              suffix_segment):
     """``chunk_states_in_tile``: the forward keeps its own (longer) tile and writes several of the backward's
     chunk-start states per tile, in both directions and for ragged last tiles: the same states, output and last
-    state as the forward run at the backward's tile."""
+    state as the forward run at the backward's tile (with Triton's reverse scans or segments, whose carries are
+    per-segment tiles where a segment is one thread's registers)."""
     from dataclasses import replace
     from vmamba.kernels.triton import selective_scan as scan
     monkeypatch.setattr(scan, 'interpreting', lambda: False)  # the GPU's tiles
@@ -442,7 +445,7 @@ def test_chunk_states_from_the_inference_tile(monkeypatch, num_states, local_win
     monkeypatch.setattr(scan, '_launch_fwd', lambda *a, **k: launched.append((a[11], a[15:])) or original(*a, **k))
     out, last, states = selective_scan_fwd(*args, True, reverse, local_window, torch.float32, save_chunk_states=True)
     fwd = scan.default_config('fwd', num_states, length, 1)
-    in_tile = replace(fwd, chunk_states_in_tile=True)
+    in_tile = replace(fwd, chunk_states_in_tile=True, suffix_segment=suffix_segment)
     out_t, last_t, states_t = selective_scan_fwd(*args, True, reverse, local_window, torch.float32, config=in_tile,
                                                  save_chunk_states=True)
     (default_config, _), (tile_config, state_chunk) = launched

@@ -82,7 +82,8 @@ def _join_positions(parts, ROWS: tl.constexpr, WIDTH: tl.constexpr, SEGMENT: tl.
 
 @triton.jit
 def _suffix_scan_segments(decay, value, carry, ROWS: tl.constexpr, BLOCK_L: tl.constexpr, SEGMENT: tl.constexpr):
-    """r_i = value_i + decay_i * r_{i+1} along the lanes of (ROWS, BLOCK_L) tiles, r_{BLOCK_L} = carry (ROWS,).
+    """r_i = value_i + decay_i * r_{i+1} along the lanes of (ROWS, BLOCK_L) tiles, r_{BLOCK_L} = carry: (ROWS, 1),
+    or (ROWS, BLOCK_L // SEGMENT) holding it per segment.
 
     Triton lowers ``associative_scan(reverse=True)`` as flip, scan, flip, and each flip of a tile costs a butterfly
     shuffle per register and lane bit (92 shuffles for a (decay, value) pair over 128 lanes in one warp, Triton 3.6
@@ -116,8 +117,8 @@ def _suffix_scan_segments(decay, value, carry, ROWS: tl.constexpr, BLOCK_L: tl.c
         span *= 2
     # The state after each segment: the next segment's suffix applied to the carry (the carry after the last).
     source = tl.minimum(seg + 1, WIDTH - 1)
-    after = tl.gather(seg_value, source, 1) + tl.gather(seg_decay, source, 1) * carry[:, None]
-    after = tl.where(seg + 1 < WIDTH, after, carry[:, None])
+    after = tl.gather(seg_value, source, 1) + tl.gather(seg_decay, source, 1) * carry
+    after = tl.where(seg + 1 < WIDTH, after, carry)
     out = ()
     for k in tl.static_range(SEGMENT):
         out = out + (part_values[k] + part_decays[k] * after,)
@@ -149,18 +150,65 @@ def _neighbour_lanes(t, fill, TOWARD_HIGHER: tl.constexpr, ROWS: tl.constexpr, B
 
 
 @triton.jit
+def _lane_value(t, LANE: tl.constexpr, ROWS: tl.constexpr, BLOCK_L: tl.constexpr, SEGMENT: tl.constexpr,
+                WIDE: tl.constexpr):
+    """t[:, LANE] of a (ROWS, BLOCK_L) tile as a carry of the chunked kernels. WIDE (segments that are each one
+    thread's consecutive registers): a (ROWS, BLOCK_L // SEGMENT) tile holding it in every element, from one indexed
+    shuffle (the thread of segment LANE // SEGMENT holds it in register LANE % SEGMENT); otherwise the (ROWS,) value,
+    from a masked lane reduction (a select per register and a butterfly reduction)."""
+    if WIDE:
+        WIDTH: tl.constexpr = BLOCK_L // SEGMENT
+        REGISTER: tl.constexpr = LANE % SEGMENT
+        parts = _split_positions(t, ROWS, WIDTH, SEGMENT)
+        return tl.gather(parts[REGISTER], tl.full([ROWS, WIDTH], LANE // SEGMENT, tl.int32), 1)
+    else:
+        return tl.sum(tl.where(tl.arange(0, BLOCK_L)[None, :] == LANE, t, 0.0), axis=1)
+
+
+@triton.jit
+def _carry_form(value, ROWS: tl.constexpr, BLOCK_L: tl.constexpr, SEGMENT: tl.constexpr, WIDE: tl.constexpr):
+    """(ROWS,) -> a carry as :func:`_lane_value` returns it."""
+    if WIDE:
+        return value[:, None] + tl.zeros([ROWS, BLOCK_L // SEGMENT], dtype=tl.float32)
+    else:
+        return value
+
+
+@triton.jit
+def _store_carry(ptrs, carry, mask, ROWS: tl.constexpr, BLOCK_L: tl.constexpr, SEGMENT: tl.constexpr,
+                 WIDE: tl.constexpr):
+    """Store a carry (:func:`_lane_value`) to ``ptrs`` (ROWS,), once per row."""
+    if WIDE:
+        WIDTH: tl.constexpr = BLOCK_L // SEGMENT
+        first = tl.arange(0, WIDTH)[None, :] == 0
+        tl.store(ptrs[:, None] + tl.zeros([ROWS, WIDTH], dtype=tl.int32), carry, mask=mask[:, None] & first)
+    else:
+        tl.store(ptrs, carry, mask=mask)
+
+
+@triton.jit
 def _carried_scan(decay, value, carry, REVERSE_LANES: tl.constexpr, ROWS: tl.constexpr, BLOCK_L: tl.constexpr,
-                  SEGMENT: tl.constexpr):
+                  SEGMENT: tl.constexpr, WIDE: tl.constexpr):
     """The linear recurrence r = decay * r_prev + value along the lanes of (ROWS, BLOCK_L) tiles, entered with
-    ``carry`` (ROWS,): from the first lane up, or with REVERSE_LANES from the last lane down. Reversed with
-    SEGMENT > 0: :func:`_suffix_scan_segments` (SEGMENT should be the positions each thread holds); SEGMENT 0:
-    Triton's reverse ``associative_scan``."""
+    ``carry`` (a carry as :func:`_lane_value` returns it): from the first lane up, or with REVERSE_LANES from the
+    last lane down. Reversed with SEGMENT > 0: :func:`_suffix_scan_segments` (SEGMENT should be the positions each
+    thread holds); otherwise Triton's ``associative_scan``."""
+    if WIDE:
+        carry_per_segment = carry
+    else:
+        carry_per_segment = carry[:, None]
     if REVERSE_LANES and SEGMENT > 0:
-        return _suffix_scan_segments(decay, value, carry, ROWS, BLOCK_L, SEGMENT)
+        return _suffix_scan_segments(decay, value, carry_per_segment, ROWS, BLOCK_L, SEGMENT)
     else:
         decay_cum, value_cum = tl.associative_scan((decay, value), 1, _linear_recurrence_combine,
                                                    reverse=REVERSE_LANES)
-        return value_cum + decay_cum * carry[:, None]
+        if WIDE:  # the carry on every position: SEGMENT copies of its segment form (register renaming)
+            copies = ()
+            for _ in tl.static_range(SEGMENT):
+                copies = copies + (carry,)
+            return value_cum + decay_cum * _join_positions(copies, ROWS, BLOCK_L // SEGMENT, SEGMENT)
+        else:
+            return value_cum + decay_cum * carry[:, None]
 
 
 @triton.jit
@@ -168,7 +216,8 @@ def _uncarried_scan(decay, value, REVERSE_LANES: tl.constexpr, ROWS: tl.constexp
                     SEGMENT: tl.constexpr):
     """:func:`_carried_scan` entered with a zero state (the LB window recursions)."""
     if REVERSE_LANES and SEGMENT > 0:
-        return _suffix_scan_segments(decay, value, tl.zeros([ROWS], dtype=tl.float32), ROWS, BLOCK_L, SEGMENT)
+        return _suffix_scan_segments(decay, value, tl.zeros([ROWS, BLOCK_L // SEGMENT], dtype=tl.float32), ROWS,
+                                     BLOCK_L, SEGMENT)
     else:
         _, value_cum = tl.associative_scan((decay, value), 1, _linear_recurrence_combine, reverse=REVERSE_LANES)
         return value_cum
@@ -302,17 +351,17 @@ def _fwd_chunked_program(
     # Rows and chunk starts are multiples of ALIGN (which divides L and CHUNK): loads of ALIGN positions vectorise.
     seq_row = tl.multiple_of((batch * channels + chan) * length, ALIGN)  # (BLOCK_D,) start of each sequence
     bc_row = tl.multiple_of(((batch * num_groups + group) * num_states + offs_n) * length, ALIGN)  # (BLOCK_N,)
-    if REVERSE:
-        carry_lane = 0  # lane that holds the state after the chunk's last scanned step
-    else:
-        carry_lane = BLOCK_L - 1
+    CARRY_LANE: tl.constexpr = 0 if REVERSE else BLOCK_L - 1  # holds the state after the chunk's last scanned step
+    # Carries one per segment (a shuffle to extract, no lane reduction) where each segment is one thread's run of
+    # registers: at most one 16-byte load's positions (the 512-position tile holds two runs of 8 per thread).
+    WIDE_CARRY: tl.constexpr = SEGMENT > 0 and SEGMENT * u_ptr.dtype.element_ty.primitive_bitwidth <= 128
 
     STATES_PER_CHUNK: tl.constexpr = CHUNK // STATE_CHUNK
     if STATES_PER_CHUNK == 1:
         num_state_chunks = num_chunks
     else:
         num_state_chunks = tl.cdiv(length, STATE_CHUNK)
-    state = tl.zeros([ROWS], dtype=tl.float32)
+    state = _carry_form(tl.zeros([ROWS], dtype=tl.float32), ROWS, BLOCK_L, SEGMENT, WIDE_CARRY)
     for chunk in range(num_chunks):
         if REVERSE:
             start = tl.multiple_of(length - (chunk + 1) * CHUNK, ALIGN)
@@ -321,8 +370,8 @@ def _fwd_chunked_program(
         pos = start + lane
         mask_l = (lane < CHUNK) & (pos >= 0) & (pos < length)
         if WRITE_CHUNK_STATES:
-            tl.store(chunk_states_ptr + (row_seq * num_state_chunks + chunk * STATES_PER_CHUNK) * num_states + row_n,
-                     state, mask=mask_rows)
+            _store_carry(chunk_states_ptr + (row_seq * num_state_chunks + chunk * STATES_PER_CHUNK) * num_states
+                         + row_n, state, mask_rows, ROWS, BLOCK_L, SEGMENT, WIDE_CARRY)
 
         mask_dl = mask_d[:, None] & mask_l[None, :]
         seq_offs = seq_row[:, None] + pos[None, :]
@@ -334,7 +383,7 @@ def _fwd_chunked_program(
 
         decay = tl.exp2(dt * A2)  # (ROWS, L); 1 on masked lanes (dt = 0)
         x = (dt * u) * Bv  # (ROWS, L); 0 on masked lanes
-        h_left = _carried_scan(decay, x, state, REVERSE, ROWS, BLOCK_L, SEGMENT)
+        h_left = _carried_scan(decay, x, state, REVERSE, ROWS, BLOCK_L, SEGMENT, WIDE_CARRY)
         if WRITE_CHUNK_STATES:
             for part in tl.static_range(1, STATES_PER_CHUNK):  # the later state-chunk starts inside this tile
                 if REVERSE:
@@ -345,7 +394,7 @@ def _fwd_chunked_program(
                 tl.store(chunk_states_ptr + (row_seq * num_state_chunks + index) * num_states + row_n,
                          tl.sum(tl.where(lane[None, :] == last_lane, h_left, 0.0), axis=1),
                          mask=mask_rows & (index < num_state_chunks))
-        state = tl.sum(tl.where(lane[None, :] == carry_lane, h_left, 0.0), axis=1)
+        state = _lane_value(h_left, CARRY_LANE, ROWS, BLOCK_L, SEGMENT, WIDE_CARRY)
 
         if WRITE_OUTPUT:
             if LOCAL_WINDOW > 0:
@@ -370,7 +419,7 @@ def _fwd_chunked_program(
             tl.store(out_ptr + seq_offs, y.to(out_ptr.dtype.element_ty), mask=mask_dl)
 
     if WRITE_OUTPUT:
-        tl.store(last_state_ptr + row_state, state, mask=mask_rows)
+        _store_carry(last_state_ptr + row_state, state, mask_rows, ROWS, BLOCK_L, SEGMENT, WIDE_CARRY)
 
 
 @triton.jit
@@ -745,11 +794,11 @@ def _bwd_chunked_program(
     # No alignment hints here (unlike the forward): with rows hinted 4-aligned the backward ran 2x slower at L 196
     # on H100 (benchmarks/results/v11/run4).
     bc_row = ((batch * num_groups + group) * num_states + offs_n) * length
+    FIRST_LANE: tl.constexpr = CHUNK - 1 if REVERSE else 0  # the chunk's first scanned step (always a valid position)
+    WIDE_CARRY: tl.constexpr = SEGMENT > 0 and SEGMENT * u_ptr.dtype.element_ty.primitive_bitwidth <= 128  # as forward
     if REVERSE:
-        first_lane = CHUNK - 1  # lane of the chunk's first scanned step (always a valid position)
         step = -1  # memory offset of the next position in scan order
     else:
-        first_lane = 0
         step = 1
     if SINGLE_CHUNK:
         dB_acc = tl.zeros([BLOCK_N, BLOCK_L], dtype=tl.float32)
@@ -781,6 +830,7 @@ def _bwd_chunked_program(
             adj_carry = tl.load(grad_last_state_ptr + row_state, mask=mask_rows, other=0.0)
         else:
             adj_carry = tl.zeros([ROWS], dtype=tl.float32)
+        adj_carry = _carry_form(adj_carry, ROWS, BLOCK_L, SEGMENT, WIDE_CARRY)
         # Per-position sums for dA / dD / ddelta_bias, reduced over positions once after the last chunk.
         dA_acc = tl.zeros([ROWS, BLOCK_L], dtype=tl.float32)
         dD_acc = tl.zeros([BLOCK_D, BLOCK_L], dtype=tl.float32)
@@ -804,6 +854,7 @@ def _bwd_chunked_program(
                                  mask=mask_rows, other=0.0)
             else:
                 state0 = tl.zeros([ROWS], dtype=tl.float32)
+            state0 = _carry_form(state0, ROWS, BLOCK_L, SEGMENT, WIDE_CARRY)
 
             u = tl.load(u_ptr + seq_offs, mask=mask_dl, other=0.0).to(tl.float32)
             dt, dt_grad = _load_dt(delta_ptr, seq_offs, mask_dl, delta_bias, HAS_DELTA_BIAS, DELTA_SOFTPLUS)
@@ -815,7 +866,7 @@ def _bwd_chunked_program(
             decay = tl.exp2(dt * A2)
             dtu = dt * u
             x = dtu * Bv
-            h_left = _carried_scan(decay, x, state0, REVERSE, ROWS, BLOCK_L, SEGMENT)
+            h_left = _carried_scan(decay, x, state0, REVERSE, ROWS, BLOCK_L, SEGMENT, WIDE_CARRY)
             if LOCAL_WINDOW > 0:
                 if REVERSE:
                     scan_index = length - 1 - pos
@@ -861,8 +912,8 @@ def _bwd_chunked_program(
                                       mask_d[:, None] & mask_next[None, :], delta_bias, HAS_DELTA_BIAS,
                                       DELTA_SOFTPLUS)
                 decay_next = tl.exp2(dt_next * A2)
-            adj_left = _carried_scan(decay_next, g, adj_carry, not REVERSE, ROWS, BLOCK_L, SEGMENT)
-            adj_carry = tl.sum(tl.where(lane[None, :] == first_lane, decay * adj_left, 0.0), axis=1)
+            adj_left = _carried_scan(decay_next, g, adj_carry, not REVERSE, ROWS, BLOCK_L, SEGMENT, WIDE_CARRY)
+            adj_carry = _lane_value(decay * adj_left, FIRST_LANE, ROWS, BLOCK_L, SEGMENT, WIDE_CARRY)
 
             if LOCAL_WINDOW > 0:
                 # Adjoint of the in-window backward recursion: forward in scan order, reset at window starts.
