@@ -6,10 +6,13 @@ allocations, so the kernels get the same specialisation (16-byte divisibility, v
 Run it with the device's Triton version first on the path (the GPU machine's 3.6), e.g.
 
     pip install --no-deps --target /tmp/t36 triton==3.6.0
-    PYTHONPATH=/tmp/t36 python benchmarks/sass_offline.py [--tree OTHER_CHECKOUT]
+    PYTHONPATH=/tmp/t36 python benchmarks/sass_offline.py [--tree OTHER_CHECKOUT] [--compile-sweep VARIANT ...]
 
 and compare trees or variants by the printed counts (instructions, shuffles, MUFU, global / shared memory ops).
 The counts are static sizes of the whole kernel (both direction programs), a proxy, not a timing.
+``--compile-sweep`` instead compiles every launch path (inference forward, training forward, backward with its
+pre-pass) of a grid of shapes, dtypes, directions, LB windows and z gating under the given
+``benchmarks/scan_variants.py`` variants, and lists what fails to compile.
 """
 from __future__ import annotations
 
@@ -80,13 +83,59 @@ def opcode(line):
     return (parts[1] if parts[0].startswith('@') else parts[0]).split('.')[0]
 
 
+def compile_sweep(variants) -> int:
+    """Compile every launch path of a grid of cases under each variant; returns the number of failures."""
+    import torch
+    from vmamba.kernels.triton import selective_scan as scan
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from scan_variants import scan_variant
+    cases = []  # (channels, L, N, G, reverse, LB window, dtype, z)
+    for length in (3136, 784, 196, 49, 3137, 200):
+        cases += [(8, length, 1, 4, (False, False, True, True), 0, torch.float16, False),
+                  (8, length, 1, 4, (False, False, True, True), 0, torch.bfloat16, False),
+                  (8, length, 1, 4, (False, True, False, True), 0, torch.float32, False),
+                  (8, length, 1, 1, (True,), 0, torch.float16, True),
+                  (8, length, 1, 2, (False, True), 8, torch.float16, False),
+                  (4, length, 16, 2, (False, True), 8, torch.float16, False),
+                  (4, length, 4, 1, (False,), 0, torch.float16, True)]
+    failures, paths = [], 0
+    for variant in variants:
+        for channels, length, states, groups, reverse, window, dtype, gated in cases:
+            u, delta, grad_out = (torch.randn(1, channels, length).to(dtype) for _ in range(3))
+            B, C = (torch.randn(1, groups, states, length).to(dtype) for _ in range(2))
+            args = (u, delta, -torch.rand(channels, states), B, C, torch.randn(channels),
+                    torch.randn(1, channels, length).to(dtype) if gated else None, torch.randn(channels))
+            calls = {
+                'forward': lambda: scan.selective_scan_fwd(*args, True, reverse, window, torch.float32),
+                'training forward': lambda: scan.selective_scan_fwd(*args, True, reverse, window, torch.float32,
+                                                                    save_chunk_states=True),
+                'backward': lambda: scan.selective_scan_bwd(grad_out, None, *args, True, reverse, window)}
+            for what, call in calls.items():
+                paths += 1
+                try:
+                    with scan_variant(variant):
+                        call()
+                except Exception as exc:  # a compile error of any kind is what this sweep reports
+                    failures.append(f'{variant} {what}: {channels} channels, L {length}, N {states}, G {groups}, '
+                                    f'W {window}, {dtype}, z {gated}: {type(exc).__name__}: '
+                                    f'{str(exc).splitlines()[0][:150]}')
+    print(f'{paths} launch paths under {", ".join(variants)}: {len(failures)} failed to compile')
+    for line in failures:
+        print(' ', line)
+    return len(failures)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--tree', default=os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'),
                         help='checkout whose vmamba package is compiled (default: this one)')
+    parser.add_argument('--compile-sweep', nargs='+', metavar='VARIANT',
+                        help='compile a grid of launch paths under these scan_variants.py variants instead')
     opts = parser.parse_args()
     sys.path.insert(0, os.path.abspath(opts.tree))
     compiled = capture_compiles()
+    if opts.compile_sweep:
+        return 1 if compile_sweep(opts.compile_sweep) else 0
     import torch
     import triton
     from vmamba.kernels.triton import selective_scan as scan
@@ -138,4 +187,4 @@ def main():
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(main())
