@@ -114,11 +114,11 @@ def _linear_recurrence(decay: torch.Tensor, inputs: torch.Tensor,
     # under autograd, indexing one step would cost a zero-filled full-size gradient per step in the backward.
     decays = decay.unbind(0)
     if torch.is_grad_enabled():
-        local, prefix = [inputs[0]], [decays[0]]
-        for t, (decay_t, input_t) in enumerate(zip(decays, inputs.unbind(0))):
-            if t:
-                local.append(torch.addcmul(input_t, decay_t, local[-1]))
-                prefix.append(prefix[-1] * decay_t)
+        input_steps = inputs.unbind(0)
+        local, prefix = [input_steps[0]], [decays[0]]
+        for decay_t, input_t in zip(decays[1:], input_steps[1:]):
+            local.append(torch.addcmul(input_t, decay_t, local[-1]))
+            prefix.append(prefix[-1] * decay_t)
         h_local, prefix_decay = torch.stack(local), torch.stack(prefix)
         last_h, last_prefix = local[-1], prefix[-1]
     else:
@@ -149,11 +149,12 @@ def _local_backward_recurrence(decay: torch.Tensor, inputs: torch.Tensor, window
     Returns:
         (T, num_chunks, ...).
     """
-    decays, inputs = decay.unbind(0), inputs.unbind(0)
-    acc = torch.zeros_like(inputs[0])
-    extra = [acc]  # the last step of a window receives nothing from its right
+    decays, input_steps = decay.unbind(0), inputs.unbind(0)
+    zero = torch.zeros_like(input_steps[0])
+    acc = zero
+    extra = [zero]  # the last step of a window receives nothing from its right
     for t in range(len(decays) - 1, 0, -1):
-        acc = torch.zeros_like(acc) if t % window == 0 else decays[t - 1] * (inputs[t] + acc)
+        acc = zero if t % window == 0 else decays[t - 1] * (input_steps[t] + acc)
         extra.append(acc)
     return torch.stack(extra[::-1])
 

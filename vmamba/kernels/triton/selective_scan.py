@@ -386,13 +386,11 @@ def _fwd_chunked_program(
         h_left = _carried_scan(decay, x, state, REVERSE, ROWS, BLOCK_L, SEGMENT, WIDE_CARRY)
         if WRITE_CHUNK_STATES:
             for part in tl.static_range(1, STATES_PER_CHUNK):  # the later state-chunk starts inside this tile
-                if REVERSE:
-                    last_lane = CHUNK - part * STATE_CHUNK  # last scanned lane of the state chunk before
-                else:
-                    last_lane = part * STATE_CHUNK - 1
                 index = chunk * STATES_PER_CHUNK + part
+                # the state at the last scanned lane of the state chunk before
                 tl.store(chunk_states_ptr + (row_seq * num_state_chunks + index) * num_states + row_n,
-                         tl.sum(tl.where(lane[None, :] == last_lane, h_left, 0.0), axis=1),
+                         _lane_value(h_left, CHUNK - part * STATE_CHUNK if REVERSE else part * STATE_CHUNK - 1,
+                                     ROWS, BLOCK_L, SEGMENT, False),
                          mask=mask_rows & (index < num_state_chunks))
         state = _lane_value(h_left, CARRY_LANE, ROWS, BLOCK_L, SEGMENT, WIDE_CARRY)
 
@@ -1619,12 +1617,13 @@ def selective_scan_fwd(
         return (out, last_state, chunk_states) if save_chunk_states else (out, last_state)
     if config is None:
         config = default_config('fwd', num_states, length, per_group)
-    state_chunk = None
+    state_chunk = None  # the backward's chunk, where the backward takes chunk states
     if save_chunk_states and not _uses_step_kernels(num_states, local_window):
         backward_config = default_config('bwd', num_states, length, per_group)
-        state_chunk = _resolve(backward_config, num_states, local_window, length)[3]
-        num_chunks = cdiv(length, state_chunk)
+        backward_chunk = _resolve(backward_config, num_states, local_window, length)[3]
+        num_chunks = cdiv(length, backward_chunk)
         if num_chunks > 1:
+            state_chunk = backward_chunk
             if not (config.chunk_states_in_tile
                     and _resolve(config, num_states, local_window, length)[3] % state_chunk == 0):
                 config = replace(config, block_l=backward_config.block_l)
@@ -1635,7 +1634,7 @@ def selective_scan_fwd(
     z = z.contiguous() if z is not None else None
     flat_out = out if out.is_contiguous() else torch.empty((batch, channels, length), device=u.device, dtype=out_dtype)
     _launch_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, local_window, config,
-                flat_out, last_state, chunk_states, state_chunk if chunk_states is not None else None)
+                flat_out, last_state, chunk_states, state_chunk)
     if flat_out is not out:
         out.copy_(flat_out)
     return (out, last_state, chunk_states) if save_chunk_states else (out, last_state)
